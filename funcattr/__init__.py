@@ -1,0 +1,1 @@
+"""funcattr: functional attribution for PyTorch models, built on ``torch.func``."""
