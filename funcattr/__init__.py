@@ -1,1 +1,29 @@
-"""funcattr: functional attribution for PyTorch models, built on ``torch.func``."""
+"""funcattr: functional attribution for PyTorch models, built on ``torch.func``.
+
+>>> composite = funcattr.composites.EpsilonPlusFlat()
+>>> fn, params = funcattr.functionalize(model, composite)  # doctest: +SKIP
+>>> output, relevance = funcattr.gradient(fn, params, x, funcattr.one_hot(target))  # doctest: +SKIP
+"""
+
+from funcattr import attribution, canonizers, composites, core, layer, rules, types
+from funcattr.attribution import Gradient, gradient, one_hot, pullback
+from funcattr.composites import COMPOSITES, assign_rules, register_composite
+from funcattr.functional import functionalize
+
+__all__ = [
+    "COMPOSITES",
+    "Gradient",
+    "assign_rules",
+    "attribution",
+    "canonizers",
+    "composites",
+    "core",
+    "functionalize",
+    "gradient",
+    "layer",
+    "one_hot",
+    "pullback",
+    "register_composite",
+    "rules",
+    "types",
+]

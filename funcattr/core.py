@@ -1,0 +1,719 @@
+"""The rule mechanism: how a rule turns one module call into a call with a modified gradient.
+
+A rule never hooks a module. The rule-applied call computes the module's ordinary output
+``y = module(x)`` and passes it through a new-style ``torch.autograd.Function`` whose value is
+``y`` and whose backward is the rule. The backward is written with ordinary differentiable
+torch operations, so the result composes with ``torch.func.vjp``, ``vmap``, ``grad``,
+``jacrev`` and ``torch.compile``, and derivatives of an attribution are exact.
+
+The general LRP rule (Zennit's ``BasicHook``) is one function, :func:`lrp_backward`. A rule
+states its *terms*: modified copies of the layer, each with an input modifier, a parameter
+modifier and a sign; terms are collected in *groups* that share one stabilised denominator.
+With ``R`` the relevance arriving at the layer output, the four steps of the LRP paper are::
+
+    z_G = sum_{k in G} sign_k * f(in_k(x); theta_k)          # 1. forward of every term
+    s_G = gate_G * R / stabilizer(z_G)                       # 2. divide by the denominator
+    c_k = (d f(u; theta_k) / d u)^T s_G                      # 3. one VJP per term
+    relevance = sum_G weight_G sum_{k in G} sign_k in_k(x) * c_k   # 4. multiply by the input
+
+For linear layers (dense, convolution, transposed convolution) the mechanism uses that
+``f(u; W)`` is linear in ``W``: a parameter modifier is a linear combination of primitives
+(``identity``, ``positive``, ``negative``, ...), ``W = W+ + W-`` lets two of the three give
+the third, the ordinary output ``y`` provides ``f(x; W)`` for free, and input terms that are
+exactly zero (the negative part of a non-negative input, e.g. after a ReLU) are skipped.
+Other modules (BatchNorm, average pooling, ``Sum``, user layers) take a generic path that
+evaluates every term with ``torch.func.functional_call`` and ``torch.func.vjp``.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch._C import _functorch
+
+__all__ = [
+    "Group",
+    "LinearRule",
+    "ParamMod",
+    "Rule",
+    "Stabilizer",
+    "Term",
+    "apply_gradient_map",
+    "expand",
+    "lrp_backward",
+    "stabilize",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Stabilizer
+# --------------------------------------------------------------------------------------------
+
+def stabilize(
+    input: Tensor,
+    epsilon: float = 1e-6,
+    clip: bool = False,
+    norm_scale: bool = False,
+    dim: Sequence[int] | None = None,
+) -> Tensor:
+    """Move a denominator away from zero, keeping its sign (zero and -0.0 count as positive).
+
+    Default: ``z + epsilon * sign0(z)``; ``clip=True``: ``sign0(z) * max(|z|, epsilon)``;
+    ``norm_scale=True`` first multiplies ``epsilon`` by the root mean square of ``z`` over
+    ``dim`` (default: every dimension but the first).
+    """
+    sign = torch.where(input < 0, -1.0, 1.0).to(input.dtype)
+    if norm_scale:
+        dims = tuple(range(1, input.ndim)) if dim is None else tuple(dim)
+        epsilon = epsilon * (input**2).mean(dim=dims, keepdim=True).sqrt()
+    if clip:
+        return sign * torch.maximum(input.abs(), torch.as_tensor(epsilon).to(input))
+    return input + sign * epsilon
+
+
+@dataclass(frozen=True)
+class Stabilizer:
+    """A configured :func:`stabilize`; rules call it on each denominator.
+
+    Parameters
+    ----------
+    epsilon : float
+        The stabilising constant.
+    clip : bool
+        Clip the magnitude to at least ``epsilon`` instead of adding ``epsilon``.
+    norm_scale : bool
+        Scale ``epsilon`` by the root mean square of the denominator over ``dim``.
+    dim : tuple of int, optional
+        Dimensions for ``norm_scale`` (default: all but the batch dimension).
+    """
+
+    epsilon: float = 1e-6
+    clip: bool = False
+    norm_scale: bool = False
+    dim: tuple[int, ...] | None = None
+
+    def __call__(self, input: Tensor) -> Tensor:
+        return stabilize(input, self.epsilon, self.clip, self.norm_scale, self.dim)
+
+    @classmethod
+    def ensure(cls, value: Any, *, owner: str = "Stabilizer.ensure", name: str = "value"):
+        """Return ``value`` as a stabilizer: numbers become ``Stabilizer(epsilon=value)``.
+
+        A callable ``z -> stabilised z`` is returned as it is.
+        """
+        if isinstance(value, bool):
+            raise TypeError(f"{owner}({name}={value!r}): expected a float or a callable, got bool.")
+        if isinstance(value, int | float):
+            if not math.isfinite(value):
+                raise ValueError(
+                    f"{owner}({name}={value!r}): expected a finite number, got {value!r}."
+                )
+            return cls(epsilon=float(value))
+        if callable(value):
+            return value
+        raise TypeError(
+            f"{owner}({name}={value!r}): expected a float or a callable z -> stabilised z, "
+            f"got {type(value).__name__}. Pass e.g. {name}=1e-6 or {name}=Stabilizer(1e-6)."
+        )
+
+
+def expand(value: Any, shape: Sequence[int], cut_batch_dim: bool = False) -> Tensor:
+    """Broadcast ``value`` to ``shape`` the way Zennit does for ZBox bounds.
+
+    Scalars broadcast everywhere; a tensor with fewer dimensions gets trailing singleton
+    dimensions appended when its leading dimensions fit; with ``cut_batch_dim`` a larger
+    first dimension is cut to ``shape[0]``.
+    """
+    tensor = value if isinstance(value, Tensor) else torch.tensor(value)
+    shape = tuple(shape)
+    if tensor.ndim == 0:
+        return tensor.expand(shape)
+    if tensor.ndim < len(shape):
+        lead = tensor.shape
+        fits = all(a in (1, b) for a, b in zip(lead, shape[: tensor.ndim], strict=True))
+        if fits:
+            tensor = tensor.reshape(*lead, *(1,) * (len(shape) - tensor.ndim))
+    if tensor.ndim == len(shape):
+        if cut_batch_dim and tensor.shape[0] > shape[0]:
+            tensor = tensor[: shape[0]]
+        try:
+            return tensor.expand(shape)
+        except RuntimeError:
+            pass
+    raise ValueError(
+        f"expand(value of shape {tuple(tensor.shape)}): cannot broadcast to the input shape "
+        f"{shape}. Give a scalar, a tensor shaped like the input, or one with singleton "
+        f"dimensions such as (1, C, 1, 1)."
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Modifiers: inputs and parameters of one term
+# --------------------------------------------------------------------------------------------
+
+InputMod = str | Callable[[Tensor], Tensor]
+"""``'identity'``, ``'positive'``, ``'negative'``, ``'ones'``, or a callable ``x -> x'``."""
+
+ParamPrimitive = str | Callable[[Tensor, str], Tensor]
+"""``'identity'``, ``'positive'``, ``'negative'``, ``'ones'``, ``'square'``, or a callable
+``(param, name) -> param'``."""
+
+_INPUT_MODS: dict[str, Callable[[Tensor], Tensor]] = {
+    "identity": lambda x: x,
+    "positive": lambda x: x.clamp(min=0),
+    "negative": lambda x: x.clamp(max=0),
+    "ones": torch.ones_like,
+}
+
+_PARAM_MODS: dict[str, Callable[[Tensor], Tensor]] = {
+    "identity": lambda p: p,
+    "positive": lambda p: p.clamp(min=0),
+    "negative": lambda p: p.clamp(max=0),
+    "ones": torch.ones_like,
+    "square": lambda p: p**2,
+}
+
+
+@dataclass(frozen=True)
+class ParamMod:
+    """A parameter modifier as a linear combination of primitives, e.g. ``W + gamma * W+``.
+
+    Parameters
+    ----------
+    terms : tuple of (primitive, coefficient)
+        Primitives are names from ``('identity', 'positive', 'negative', 'ones', 'square')``
+        or callables ``(param, name) -> param``.
+    """
+
+    terms: tuple[tuple[ParamPrimitive, float], ...] = (("identity", 1.0),)
+
+    @classmethod
+    def of(cls, value: ParamMod | ParamPrimitive) -> ParamMod:
+        """Wrap a primitive (name or callable) as a one-term modifier."""
+        return value if isinstance(value, ParamMod) else cls(((value, 1.0),))
+
+    def __call__(self, param: Tensor, name: str) -> Tensor:
+        total = None
+        for primitive, coefficient in self.terms:
+            value = _apply_param_primitive(primitive, param, name)
+            value = value if coefficient == 1.0 else coefficient * value
+            total = value if total is None else total + value
+        return total
+
+
+def _apply_param_primitive(primitive: ParamPrimitive, param: Tensor, name: str) -> Tensor:
+    if isinstance(primitive, str):
+        return _PARAM_MODS[primitive](param)
+    return primitive(param, name)
+
+
+def _apply_input_mod(modifier: InputMod, x: Tensor) -> Tensor:
+    if isinstance(modifier, str):
+        return _INPUT_MODS[modifier](x)
+    return modifier(x)
+
+
+@dataclass(frozen=True)
+class Term:
+    """One modified copy of a layer: ``sign * f(input(x); params(theta))``.
+
+    Parameters
+    ----------
+    input : str or callable
+        Input modifier (see :data:`InputMod`).
+    params : ParamMod or str or callable
+        Parameter modifier; the bias gets the same modifier unless zeroed.
+    sign : float
+        Sign of this copy in the denominator and in the final sum (ZBox uses -1).
+    zero : tuple of str
+        Parameters set to zero in this copy (e.g. ``('bias',)`` for negative-input terms).
+    """
+
+    input: InputMod = "identity"
+    params: ParamMod | ParamPrimitive = "identity"
+    sign: float = 1.0
+    zero: tuple[str, ...] = ()
+
+    @property
+    def param_mod(self) -> ParamMod:
+        return ParamMod.of(self.params)
+
+
+@dataclass(frozen=True)
+class Group:
+    """Terms that share one stabilised denominator.
+
+    Parameters
+    ----------
+    terms : tuple of Term
+        The copies of the layer whose outputs are summed into the denominator.
+    weight : float
+        Factor of the group's relevance (``alpha``, ``-beta``).
+    gate : {None, 'positive', 'negative'}
+        Pass relevance only where the layer's ordinary output is > 0 (or < 0), as in Gamma.
+    """
+
+    terms: tuple[Term, ...]
+    weight: float = 1.0
+    gate: str | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Rules
+# --------------------------------------------------------------------------------------------
+
+class Rule(ABC):
+    """A rule: how one module call changes its gradient. Rules are frozen dataclasses.
+
+    Subclasses implement :meth:`apply` and may override :meth:`check`, which reports why the
+    rule cannot be applied to a module (``None`` when it can). The resolver calls ``check``
+    for the whole model and reports every problem at once.
+    """
+
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    def check(self, module: nn.Module) -> str | None:
+        """Return a description of why this rule cannot handle ``module``, or ``None``."""
+        missing = [
+            name for name in self.requires if not isinstance(getattr(module, name, None), Tensor)
+        ]
+        if missing:
+            return f"needs the parameter(s) {', '.join(missing)}, which the module lacks"
+        return None
+
+    @abstractmethod
+    def apply(self, module: nn.Module, forward: Callable[..., Tensor], *args, **kwargs) -> Any:
+        """Compute ``forward(*args, **kwargs)`` so that its gradient follows the rule.
+
+        Parameters
+        ----------
+        module : torch.nn.Module
+            The module being called; its parameters are the ones of this call.
+        forward : callable
+            The module's ordinary forward.
+        """
+
+
+def _normalize_zero_params(zero_params: str | Iterable[str] | None) -> tuple[str, ...]:
+    if zero_params is None:
+        return ()
+    if isinstance(zero_params, str):
+        return (zero_params,)
+    return tuple(zero_params)
+
+
+_NOT_LINEAR = "is not linear in its input; LRP rules of this kind need a linear layer"
+
+
+class LinearRule(Rule):
+    """Base of the LRP rules: a rule given by its :class:`Group` s of :class:`Term` s.
+
+    Subclasses define :meth:`groups` and a ``stabilizer`` field; ``zero_params`` (if present)
+    names parameters that every term sets to zero.
+    """
+
+    stabilizer: Any
+    zero_params: Any = None
+
+    @abstractmethod
+    def groups(self) -> tuple[Group, ...]:
+        """The rule's groups of terms."""
+
+    def stabilizer_fn(self) -> Callable[[Tensor], Tensor]:
+        return Stabilizer.ensure(self.stabilizer, owner=type(self).__name__, name="stabilizer")
+
+    def check(self, module: nn.Module) -> str | None:
+        from funcattr import types  # local: types imports torchvision, keep core import light
+
+        if isinstance(module, types.Activation | types.MaxPool) or isinstance(
+            module, nn.Softmax | nn.LogSoftmax | nn.Dropout
+        ):
+            return _NOT_LINEAR
+        return super().check(module)
+
+    def apply(self, module: nn.Module, forward: Callable[..., Tensor], *args, **kwargs):
+        if not args or not isinstance(args[0], Tensor):
+            raise TypeError(
+                f"{self!r} on {type(module).__name__}: expected a tensor as the first positional "
+                f"argument, got {type(args[0]).__name__ if args else 'no arguments'}."
+            )
+        x = args[0]
+        output = forward(*args, **kwargs)
+        if not isinstance(output, Tensor):
+            raise TypeError(
+                f"{self!r} on {type(module).__name__}: the module must return one tensor, got "
+                f"{type(output).__name__}."
+            )
+        plan = _Plan(self, self.groups(), self.stabilizer_fn(),
+                     _normalize_zero_params(self.zero_params))
+        op = linear_op(module, kwargs)
+        if op is not None:
+            weight = module.weight
+            bias = getattr(module, "bias", None)
+            return _LinearLRP.apply(x, output, weight, bias, plan, op)
+        if not hasattr(forward, "with_state"):
+            raise TypeError(
+                f"{self!r} on {type(module).__name__}: rules apply to modules through "
+                f"funcattr.functionalize; call the module via the functionalized model."
+            )
+        state = forward.state()
+        names = tuple(name for name in module._parameters if name in state)
+        buffers = {name: value for name, value in state.items() if name not in names}
+        call = _GenericCall(forward.with_state, names, buffers, args[1:], kwargs)
+        return _GenericLRP.apply(x, output, plan, call, *(state[name] for name in names))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    rule: LinearRule
+    groups: tuple[Group, ...]
+    stabilizer: Callable[[Tensor], Tensor]
+    zero_params: tuple[str, ...]
+
+    def zeroed(self, term: Term) -> frozenset[str]:
+        return frozenset(term.zero) | frozenset(self.zero_params)
+
+
+# --------------------------------------------------------------------------------------------
+# Linear layers as (forward without bias, input VJP) pairs
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _LinearOp:
+    """``u -> f(u; W)`` without bias and its input VJP, for one linear module call."""
+
+    kind: str  # 'dense', 'conv', 'conv_transpose'
+    ndim: int = 0
+    stride: tuple[int, ...] = ()
+    padding: Any = ()
+    dilation: tuple[int, ...] = ()
+    groups: int = 1
+    output_padding: tuple[int, ...] = ()
+    module: nn.Module | None = field(default=None, compare=False)
+
+    def forward(self, u: Tensor, weight: Tensor) -> Tensor:
+        if self.kind == "dense":
+            return F.linear(u, weight)
+        if self.kind == "conv":
+            return self.module._conv_forward(u, weight, None)
+        transpose = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[self.ndim - 1]
+        return transpose(u, weight, None, self.stride, self.padding, self.output_padding,
+                         self.groups, self.dilation)
+
+    def input_vjp(self, grad: Tensor, weight: Tensor, input_shape: torch.Size) -> Tensor:
+        if self.kind == "dense":
+            return grad @ weight
+        if self.kind == "conv_transpose":
+            conv = (F.conv1d, F.conv2d, F.conv3d)[self.ndim - 1]
+            return conv(grad, weight, None, self.stride, self.padding, self.dilation, self.groups)
+        if self.module.padding_mode != "zeros" or isinstance(self.padding, str):
+            primal = torch.zeros(input_shape, dtype=grad.dtype, device=grad.device)
+            return torch.func.vjp(lambda u: self.forward(u, weight), primal)[1](grad)[0]
+        spatial = input_shape[-self.ndim:]
+        kernel = weight.shape[2:]
+        output_padding = tuple(
+            size - ((out - 1) * s - 2 * p + d * (k - 1) + 1)
+            for size, out, s, p, d, k in zip(
+                spatial, grad.shape[-self.ndim:], self.stride, self.padding, self.dilation,
+                kernel, strict=True,
+            )
+        )
+        transpose = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[self.ndim - 1]
+        return transpose(grad, weight, None, self.stride, self.padding, output_padding,
+                         self.groups, self.dilation)
+
+
+_CONVS = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
+_CONV_TRANSPOSES = {nn.ConvTranspose1d: 1, nn.ConvTranspose2d: 2, nn.ConvTranspose3d: 3}
+
+
+def linear_op(module: nn.Module, kwargs: Mapping[str, Any] | None = None) -> _LinearOp | None:
+    """The fast linear description of ``module``'s call, or ``None`` for the generic path."""
+    if kwargs:
+        return None
+    kind = type(module)
+    if kind.forward is nn.Linear.forward and isinstance(module, nn.Linear):
+        return _LinearOp("dense")
+    for base, ndim in _CONVS.items():
+        if isinstance(module, base) and kind.forward is base.forward:
+            return _LinearOp("conv", ndim, module.stride, module.padding, module.dilation,
+                             module.groups, module=module)
+    for base, ndim in _CONV_TRANSPOSES.items():
+        if isinstance(module, base) and kind.forward is base.forward:
+            return _LinearOp("conv_transpose", ndim, module.stride, module.padding,
+                             module.dilation, module.groups, module.output_padding,
+                             module=module)
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# The generic rule
+# --------------------------------------------------------------------------------------------
+
+def _peek(tensor: Tensor) -> Tensor | None:
+    """The plain tensor under functorch wrappers, or ``None`` if its values cannot be read.
+
+    Values are unreadable under ``vmap`` (batched), while compiling, and for fake tensors.
+    """
+    if torch.compiler.is_compiling():
+        return None
+    while _functorch.is_functorch_wrapped_tensor(tensor):
+        if _functorch.is_batchedtensor(tensor):
+            return None
+        tensor = _functorch.get_unwrapped(tensor)
+    if type(tensor) is not Tensor and not isinstance(tensor, nn.Parameter):
+        return None
+    return tensor
+
+
+def _input_sign(x: Tensor) -> str | None:
+    """``'nonnegative'`` / ``'nonpositive'`` when ``x`` provably is, else ``None``."""
+    plain = _peek(x)
+    if plain is None:
+        return None
+    if bool((plain >= 0).all()):
+        return "nonnegative"
+    if bool((plain <= 0).all()):
+        return "nonpositive"
+    return None
+
+
+def _input_key(modifier: InputMod, sign: str | None) -> Hashable | None:
+    """Canonical input key; ``None`` when the modified input is exactly zero."""
+    if modifier == "positive":
+        if sign == "nonnegative":
+            return "identity"
+        if sign == "nonpositive":
+            return None
+    if modifier == "negative":
+        if sign == "nonpositive":
+            return "identity"
+        if sign == "nonnegative":
+            return None
+    return modifier
+
+
+def apply_gradient_map(plan: _Plan, y: Tensor, grad: Tensor, z_by_group: list[Tensor]):
+    """Step 2 of the rule: per group ``weight * gate * R / stabilizer(z)``."""
+    for group, z in zip(plan.groups, z_by_group, strict=True):
+        s = grad / plan.stabilizer(z)
+        if group.gate == "positive":
+            s = s * (y > 0).to(s.dtype)
+        elif group.gate == "negative":
+            s = s * (y < 0).to(s.dtype)
+        yield s if group.weight == 1.0 else group.weight * s
+
+
+def _add(total: Tensor | None, value: Tensor) -> Tensor:
+    return value if total is None else total + value
+
+
+def lrp_backward(
+    plan: _Plan, op: _LinearOp, x: Tensor, y: Tensor, weight: Tensor, bias: Tensor | None,
+    grad: Tensor,
+) -> Tensor:
+    """The generic LRP rule for a linear layer ``y = f(x; weight) + bias``; returns relevance."""
+    sign = _input_sign(x)
+    inputs: dict[Hashable, Tensor] = {}
+
+    def input_of(key: Hashable) -> Tensor:
+        if key not in inputs:
+            inputs[key] = _apply_input_mod(key, x)
+        return inputs[key]
+
+    # which (input, parameter primitive) products the terms use
+    terms = []  # (group index, term, input key, zeroed names)
+    needed: dict[Hashable, set] = {}
+    for index, group in enumerate(plan.groups):
+        for term in group.terms:
+            key = _input_key(term.input, sign)
+            zeroed = plan.zeroed(term)
+            terms.append((index, term, key, zeroed))
+            if key is not None and "weight" not in zeroed:
+                for primitive, _ in term.param_mod.terms:
+                    needed.setdefault(key, set()).add(primitive)
+
+    # 1. forward of every term, sharing products: f(x; W) = y - b, and W = W+ + W-
+    products: dict[tuple[Hashable, Any], Tensor] = {}
+    unbiased_y = y if bias is None else y - _bias_view(bias, y, op)
+    for key, primitives in needed.items():
+        if {"positive", "negative"} <= primitives:
+            primitives = (primitives - {"negative"}) | {"identity"}
+        for primitive in primitives:
+            if key == "identity" and primitive == "identity":
+                products[key, primitive] = unbiased_y
+            else:
+                modified = _apply_param_primitive(primitive, weight, "weight")
+                products[key, primitive] = op.forward(input_of(key), modified)
+        if "negative" in needed[key] and (key, "negative") not in products:
+            products[key, "negative"] = products[key, "identity"] - products[key, "positive"]
+
+    z_by_group: list[Tensor | None] = [None] * len(plan.groups)
+    for index, term, key, zeroed in terms:
+        value = None
+        if key is not None and "weight" not in zeroed:
+            for primitive, coefficient in term.param_mod.terms:
+                product = products[key, primitive]
+                value = _add(value, product if coefficient == 1.0 else coefficient * product)
+        if bias is not None and "bias" not in zeroed:
+            value = _add(value, _bias_view(term.param_mod(bias, "bias"), y, op))
+        if value is None:
+            continue
+        value = value if term.sign == 1.0 else term.sign * value
+        z_by_group[index] = _add(z_by_group[index], value)
+    z_by_group = [torch.zeros_like(y) if z is None else z for z in z_by_group]
+
+    # 2. gradient map; 3. per (input, primitive) output gradient, one VJP each
+    output_grads: dict[Hashable, dict[Any, Tensor]] = {}
+    group_grads = list(apply_gradient_map(plan, y, grad, z_by_group))
+    for index, term, key, zeroed in terms:
+        if key is None or "weight" in zeroed:
+            continue
+        for primitive, coefficient in term.param_mod.terms:
+            factor = term.sign * coefficient
+            contribution = group_grads[index] if factor == 1.0 else factor * group_grads[index]
+            by_primitive = output_grads.setdefault(key, {})
+            by_primitive[primitive] = _add(by_primitive.get(primitive), contribution)
+
+    # 4. relevance = sum over inputs of input * sum of VJPs
+    relevance = None
+    for key, by_primitive in output_grads.items():
+        if "positive" in by_primitive and "negative" in by_primitive:
+            negative = by_primitive.pop("negative")  # VJP_{W-} = VJP_W - VJP_{W+}
+            by_primitive["identity"] = _add(by_primitive.get("identity"), negative)
+            by_primitive["positive"] = by_primitive["positive"] - negative
+        vjp = None
+        for primitive, output_grad in by_primitive.items():
+            modified = _apply_param_primitive(primitive, weight, "weight")
+            vjp = _add(vjp, op.input_vjp(output_grad, modified, x.shape))
+        relevance = _add(relevance, vjp if key == "ones" else input_of(key) * vjp)
+    return torch.zeros_like(x) if relevance is None else relevance
+
+
+def _bias_view(bias: Tensor, y: Tensor, op: _LinearOp) -> Tensor:
+    """Reshape a bias so it broadcasts against the output ``y`` (channels at dim 1 for convs)."""
+    if op.kind == "dense":
+        return bias
+    return bias.reshape(bias.shape[0], *(1,) * op.ndim)
+
+
+class _LinearLRP(torch.autograd.Function):
+    """Value ``y``; gradient with respect to ``x`` given by :func:`lrp_backward`."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, y, weight, bias, plan, op):
+        return y.view_as(y)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, y, weight, bias, plan, op = inputs
+        ctx.save_for_backward(x, y, weight, bias)
+        ctx.plan, ctx.op = plan, op
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, y, weight, bias = ctx.saved_tensors
+        relevance = lrp_backward(ctx.plan, ctx.op, x, y, weight, bias, grad)
+        return relevance, None, None, None, None, None
+
+
+@dataclass(frozen=True)
+class _GenericCall:
+    """Evaluate a module with replaced own parameters and a replaced first input."""
+
+    with_state: Callable[..., Tensor] = field(compare=False)
+    names: tuple[str, ...]
+    buffers: Mapping[str, Tensor] = field(compare=False)
+    args: tuple = field(compare=False)
+    kwargs: Mapping[str, Any] = field(compare=False)
+
+    def __call__(self, u: Tensor, params: Mapping[str, Tensor]) -> Tensor:
+        return self.with_state({**self.buffers, **params}, u, *self.args, **self.kwargs)
+
+
+def generic_backward(plan: _Plan, call: _GenericCall, x: Tensor, y: Tensor,
+                     params: Sequence[Tensor], grad: Tensor) -> Tensor:
+    """The generic LRP rule for any module: one forward and one VJP per term."""
+    named = dict(zip(call.names, params, strict=True))
+    evaluated = []
+    z_by_group: list[Tensor | None] = [None] * len(plan.groups)
+    for index, group in enumerate(plan.groups):
+        for term in group.terms:
+            zeroed = plan.zeroed(term)
+            modified = {
+                name: torch.zeros_like(value) if name in zeroed else term.param_mod(value, name)
+                for name, value in named.items()
+            }
+            u = _apply_input_mod(term.input, x)
+            value, pullback = torch.func.vjp(lambda u_, m=modified: call(u_, m), u)
+            evaluated.append((index, term, u, pullback))
+            signed = value if term.sign == 1.0 else term.sign * value
+            z_by_group[index] = _add(z_by_group[index], signed)
+    grads = list(apply_gradient_map(plan, y, grad, z_by_group))
+    relevance = None
+    for index, term, u, pullback in evaluated:
+        (vjp,) = pullback(grads[index])
+        contribution = vjp if term.input == "ones" else u * vjp
+        relevance = _add(relevance, contribution if term.sign == 1.0 else term.sign * contribution)
+    return relevance
+
+
+class _GenericLRP(torch.autograd.Function):
+    """Value ``y``; gradient with respect to ``x`` given by :func:`generic_backward`."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, y, plan, call, *params):
+        return y.view_as(y)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, y, plan, call, *params = inputs
+        ctx.save_for_backward(x, y, *params)
+        ctx.plan, ctx.call = plan, call
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, y, *params = ctx.saved_tensors
+        relevance = generic_backward(ctx.plan, ctx.call, x, y, params, grad)
+        return (relevance, None, None, None, *(None,) * len(params))
+
+
+# --------------------------------------------------------------------------------------------
+# Element-wise rules: a backward that maps (x, y, grad) to the input gradient
+# --------------------------------------------------------------------------------------------
+
+class _Elementwise(torch.autograd.Function):
+    """Value ``y``; gradient with respect to ``x`` given by ``backward_fn(x, y, grad)``."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, y, backward_fn):
+        return y.view_as(y)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, y, backward_fn = inputs
+        ctx.save_for_backward(x, y)
+        ctx.backward_fn = backward_fn
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, y = ctx.saved_tensors
+        return ctx.backward_fn(x, y, grad), None, None
+
+
+def elementwise_rule(x: Tensor, y: Tensor, backward_fn: Callable) -> Tensor:
+    """Return ``y`` with the input gradient ``backward_fn(x, y, grad_output)``."""
+    return _Elementwise.apply(x, y, backward_fn)

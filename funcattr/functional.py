@@ -1,0 +1,260 @@
+"""``functionalize``: a model with rules applied, as a pure function of (params, input).
+
+The user's model is never changed. ``functionalize`` canonizes a *view* of the model, resolves
+the composite's rules on it, and builds a private shallow copy of the module tree in which
+each ruled module's ``forward`` is replaced by its rule. The returned ``fn(params, input)``
+runs that copy with ``torch.func.functional_call``; each thread gets its own copy, so threads
+explaining one model at once do not interfere.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import types as pytypes
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from funcattr.canonizers import Canonizer, CompositeCanonizer, ParamTransform, identity_transform
+from funcattr.composites import Composite, RuleMap, assign_rules, get_composite
+from funcattr.core import Rule
+
+__all__ = ["FunctionalModel", "RuledModule", "functionalize", "model_params"]
+
+
+def model_params(model: nn.Module) -> dict[str, Tensor]:
+    """The model's parameters and buffers as a flat dict of detached tensors (shared storage)."""
+    params = {name: value.detach() for name, value in model.named_parameters()}
+    params.update({name: value.detach() for name, value in model.named_buffers()})
+    return params
+
+
+def _clone_tree(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
+    """Shallow-copy a module tree: new module objects and registries, the same tensors."""
+    if id(module) in memo:
+        return memo[id(module)]
+    new = copy.copy(module)
+    memo[id(module)] = new
+    state = new.__dict__
+    state["_parameters"] = dict(module._parameters)
+    state["_buffers"] = dict(module._buffers)
+    state["_non_persistent_buffers_set"] = set(module._non_persistent_buffers_set)
+    state["_modules"] = {
+        name: None if child is None else _clone_tree(child, memo)
+        for name, child in module._modules.items()
+    }
+    for key, value in list(state.items()):  # re-bind instance methods (e.g. a forward override)
+        if isinstance(value, pytypes.MethodType) and value.__self__ is module:
+            state[key] = pytypes.MethodType(value.__func__, new)
+    return new
+
+
+def _original_forward(module: nn.Module) -> Callable[..., Any]:
+    forward = module.__dict__.get("forward")
+    if forward is not None:
+        return forward
+    return pytypes.MethodType(type(module).forward, module)
+
+
+class LayerCall:
+    """A ruled module's original forward, plus a way to call it with replaced own tensors.
+
+    ``layer(*args)`` is the ordinary forward; ``layer.with_state(state, *args)`` calls it with
+    the module's own parameters/buffers replaced by ``state`` (used by the generic rule path).
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.forward = _original_forward(module)
+        inner = copy.copy(module)  # same children; own registries, so swapping is private
+        inner.__dict__["_parameters"] = dict(module._parameters)
+        inner.__dict__["_buffers"] = dict(module._buffers)
+        inner.__dict__.pop("forward", None)
+        if module.__dict__.get("forward") is not None:
+            inner.__dict__["forward"] = pytypes.MethodType(self.forward.__func__, inner)
+        self._inner = inner
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def state(self) -> dict[str, Tensor]:
+        """The module's own parameters and buffers as used in this call."""
+        names = [*self.module._parameters, *self.module._buffers]
+        return {name: getattr(self.module, name) for name in names
+                if getattr(self.module, name) is not None}
+
+    def with_state(self, state: Mapping[str, Tensor], *args, **kwargs):
+        return torch.func.functional_call(self._inner, dict(state), args, kwargs, strict=False)
+
+
+class _RuledForward:
+    """The ``forward`` of a ruled module in the private tree: the rule applied to the call."""
+
+    def __init__(self, rule: Rule, module: nn.Module) -> None:
+        self.rule = rule
+        self.module = module
+        self.layer = LayerCall(module)
+
+    def __call__(self, *args, **kwargs):
+        return self.rule.apply(self.module, self.layer, *args, **kwargs)
+
+
+def _build_tree(view: nn.Module, rules: RuleMap) -> nn.Module:
+    memo: dict[int, nn.Module] = {}
+    tree = _clone_tree(view, memo)
+    for name, rule in rules.items():
+        clone = memo[id(rules.modules[name])]
+        clone.__dict__["forward"] = _RuledForward(rule, clone)
+    return tree
+
+
+def _canonizer_list(value: Any, owner: str) -> tuple[Canonizer, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, Canonizer):
+        return (value,)
+    if isinstance(value, Iterable) and not isinstance(value, str | bytes):
+        items = tuple(value)
+        for item in items:
+            if not isinstance(item, Canonizer):
+                raise TypeError(
+                    f"{owner}(canonizers=...): expected Canonizer instances, got "
+                    f"{type(item).__name__}. Pass e.g. canonizers=[SequentialMergeBatchNorm()]."
+                )
+        return items
+    raise TypeError(
+        f"{owner}(canonizers={value!r}): expected a Canonizer or a list of Canonizers, got "
+        f"{type(value).__name__}."
+    )
+
+
+class FunctionalModel:
+    """``fn(params, input, *args, **kwargs)``: the rule-applied model as a pure function.
+
+    Attributes
+    ----------
+    rules : RuleMap
+        The rule of every ruled module, by name in the canonized view.
+    plain : FunctionalModel
+        The same canonized model without rules (the ordinary gradient).
+    """
+
+    def __init__(self, view: nn.Module, rules: RuleMap, transform: ParamTransform,
+                 plain: FunctionalModel | None = None) -> None:
+        self.view = view
+        self.rules = rules
+        self.transform = transform
+        self._local = threading.local()
+        self._plain = plain
+        self._training = any(module.training for module in view.modules())
+
+    @property
+    def plain(self) -> FunctionalModel:
+        if self._plain is None:
+            if not self.rules:
+                return self
+            self._plain = FunctionalModel(self.view, RuleMap({}, {}), self.transform)
+        return self._plain
+
+    def _tree(self) -> nn.Module:
+        tree = getattr(self._local, "tree", None)
+        if tree is None:
+            tree = self._local.tree = _build_tree(self.view, self.rules)
+        return tree
+
+    def __call__(self, params: Mapping[str, Tensor], input: Any, *args, **kwargs) -> Any:
+        if not isinstance(params, Mapping):
+            raise TypeError(
+                f"fn(params={type(params).__name__}): expected the dict of tensors returned by "
+                f"functionalize (keyed like model.named_parameters() and named_buffers())."
+            )
+        view_params = self.transform(params)
+        if self._training:  # batch-norm statistics update in place: never the caller's tensors
+            view_params = {
+                k: v.clone() if k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+                else v
+                for k, v in view_params.items()
+            }
+        return torch.func.functional_call(self._tree(), view_params, (input, *args), kwargs)
+
+    def __repr__(self) -> str:
+        return f"FunctionalModel(rules=\n{self.rules!r})"
+
+
+def _resolve_composite(composite: Any, owner: str) -> Composite | None:
+    if composite is None or isinstance(composite, Composite):
+        return composite
+    if isinstance(composite, str):
+        return get_composite(composite)
+    raise TypeError(
+        f"{owner}(composite={composite!r}): expected a Composite, a registered name such as "
+        f"'epsilon_plus', or None, got {type(composite).__name__}."
+    )
+
+
+def functionalize(
+    model: nn.Module,
+    composite: Composite | str | None = None,
+    canonizers: Canonizer | Sequence[Canonizer] | None = None,
+) -> tuple[FunctionalModel, dict[str, Tensor]]:
+    """Turn ``model`` with ``composite``'s rules into a pure function and its params.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model; it is never changed (parameters, buffers, hooks and training flag).
+    composite : Composite or str, optional
+        The rules to apply (a registry name is instantiated with its defaults).
+    canonizers : Canonizer or sequence of Canonizer, optional
+        Applied after the composite's own canonizers.
+
+    Returns
+    -------
+    fn : FunctionalModel
+        ``fn(params, input)`` computes ``model(input)``; its gradient (``torch.func.vjp``,
+        ``torch.autograd``) is the composite's modified gradient.
+    params : dict of str to Tensor
+        The model's parameters and buffers, detached, sharing storage with the model.
+
+    Examples
+    --------
+    >>> fn, params = functionalize(model, EpsilonPlusFlat())          # doctest: +SKIP
+    >>> output, relevance = gradient(fn, params, x, one_hot(target))   # doctest: +SKIP
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"functionalize(model={type(model).__name__}): expected a torch.nn.Module."
+        )
+    composite = _resolve_composite(composite, "functionalize")
+    chain = (composite.canonizers if composite is not None else ()) + _canonizer_list(
+        canonizers, "functionalize"
+    )
+    view, transform = model, identity_transform
+    if chain:
+        view, transform = CompositeCanonizer(chain).apply(model)
+    rules = assign_rules(view, composite)
+    return FunctionalModel(view, rules, transform), model_params(model)
+
+
+class RuledModule(nn.Module):
+    """A module computing ``model(input)`` with ``composite``'s rules; ``model`` is unchanged.
+
+    Gradients reach the model's own parameters (as with an ordinary forward), so it can stand
+    in for the model in Zennit-style code: ``with composite.context(model) as modified: ...``.
+    """
+
+    def __init__(self, model: nn.Module, composite: Composite | None,
+                 canonizers: Sequence[Canonizer] | None = None) -> None:
+        super().__init__()
+        fn, _ = functionalize(model, composite, canonizers)
+        self.__dict__["model"] = model  # not registered: its parameters stay the model's own
+        self.__dict__["fn"] = fn
+
+    def forward(self, input: Any, *args, **kwargs) -> Any:
+        model = self.__dict__["model"]
+        params = dict(model.named_parameters())
+        params.update(dict(model.named_buffers()))
+        return self.__dict__["fn"](params, input, *args, **kwargs)
