@@ -45,7 +45,6 @@ __all__ = [
     "Rule",
     "Stabilizer",
     "Term",
-    "apply_gradient_map",
     "expand",
     "lrp_backward",
     "stabilize",
@@ -69,6 +68,9 @@ def stabilize(
     ``norm_scale=True`` first multiplies ``epsilon`` by the root mean square of ``z`` over
     ``dim`` (default: every dimension but the first).
     """
+    if not norm_scale and not clip:  # the common case in three passes
+        step = torch.tensor(epsilon, dtype=input.dtype, device=input.device)
+        return input + torch.where(input < 0, -step, step)
     sign = torch.where(input < 0, -1.0, 1.0).to(input.dtype)
     if norm_scale:
         dims = tuple(range(1, input.ndim)) if dim is None else tuple(dim)
@@ -380,6 +382,12 @@ class _Plan:
     def zeroed(self, term: Term) -> frozenset[str]:
         return frozenset(term.zero) | frozenset(self.zero_params)
 
+    @property
+    def splits_sign(self) -> bool:
+        """Whether some term takes the positive or negative part of the input."""
+        return any(term.input in ("positive", "negative")
+                   for group in self.groups for term in group.terms)
+
 
 # --------------------------------------------------------------------------------------------
 # Linear layers as (forward without bias, input VJP) pairs
@@ -398,13 +406,13 @@ class _LinearOp:
     output_padding: tuple[int, ...] = ()
     module: nn.Module | None = field(default=None, compare=False)
 
-    def forward(self, u: Tensor, weight: Tensor) -> Tensor:
+    def forward(self, u: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         if self.kind == "dense":
-            return F.linear(u, weight)
+            return F.linear(u, weight, bias)
         if self.kind == "conv":
-            return self.module._conv_forward(u, weight, None)
+            return self.module._conv_forward(u, weight, bias)
         transpose = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[self.ndim - 1]
-        return transpose(u, weight, None, self.stride, self.padding, self.output_padding,
+        return transpose(u, weight, bias, self.stride, self.padding, self.output_padding,
                          self.groups, self.dilation)
 
     def input_vjp(self, grad: Tensor, weight: Tensor, input_shape: torch.Size) -> Tensor:
@@ -476,11 +484,12 @@ def _peek(tensor: Tensor) -> Tensor | None:
 def _input_sign(x: Tensor) -> str | None:
     """``'nonnegative'`` / ``'nonpositive'`` when ``x`` provably is, else ``None``."""
     plain = _peek(x)
-    if plain is None:
+    if plain is None or plain.numel() == 0:
         return None
-    if bool((plain >= 0).all()):
+    low, high = torch.aminmax(plain)
+    if bool(low >= 0):
         return "nonnegative"
-    if bool((plain <= 0).all()):
+    if bool(high <= 0):
         return "nonpositive"
     return None
 
@@ -500,27 +509,116 @@ def _input_key(modifier: InputMod, sign: str | None) -> Hashable | None:
     return modifier
 
 
-def apply_gradient_map(plan: _Plan, y: Tensor, grad: Tensor, z_by_group: list[Tensor]):
-    """Step 2 of the rule: per group ``weight * gate * R / stabilizer(z)``."""
-    for group, z in zip(plan.groups, z_by_group, strict=True):
-        s = grad / plan.stabilizer(z)
-        if group.gate == "positive":
-            s = s * (y > 0).to(s.dtype)
-        elif group.gate == "negative":
-            s = s * (y < 0).to(s.dtype)
-        yield s if group.weight == 1.0 else group.weight * s
-
-
 def _add(total: Tensor | None, value: Tensor) -> Tensor:
     return value if total is None else total + value
+
+
+def _lincomb(items: Iterable[tuple[Tensor, float]]) -> Tensor | None:
+    """``sum_i c_i t_i`` with one fused pass per term (``torch.add(..., alpha=c)``)."""
+    total = None
+    for tensor, coefficient in items:
+        if coefficient == 0.0:
+            continue
+        if total is None:
+            total = tensor if coefficient == 1.0 else tensor * coefficient
+        else:
+            total = torch.add(total, tensor, alpha=coefficient)
+    return total
+
+
+def _gated(plan: _Plan, group: Group, y: Tensor, grad: Tensor, z: Tensor | None) -> Tensor:
+    """Step 2 of the rule for one group: ``gate * R / stabilizer(z)``."""
+    quotient = grad / plan.stabilizer(torch.zeros_like(y) if z is None else z)
+    if group.gate == "positive":
+        return torch.where(y > 0, quotient, 0.0)
+    if group.gate == "negative":
+        return torch.where(y < 0, quotient, 0.0)
+    return quotient
+
+
+Coefficients = dict[tuple[Hashable, Any], float]
+
+
+def _coefficients(plan: _Plan, sign: str | None, has_bias: bool):
+    """Per group: the coefficients of every (input, parameter primitive) product in ``z``, and
+    of every bias primitive; terms whose input is exactly zero are dropped."""
+    tables = []
+    for group in plan.groups:
+        products: Coefficients = {}
+        biases: dict[Any, float] = {}
+        for term in group.terms:
+            key = _input_key(term.input, sign)
+            zeroed = plan.zeroed(term)
+            for primitive, coefficient in term.param_mod.terms:
+                factor = term.sign * coefficient
+                if key is not None and "weight" not in zeroed:
+                    products[key, primitive] = products.get((key, primitive), 0.0) + factor
+                if has_bias and "bias" not in zeroed:
+                    biases[primitive] = biases.get(primitive, 0.0) + factor
+        tables.append((products, biases))
+    return tables
+
+
+def _rewrite_negative(tables: list) -> None:
+    """Where an input meets both ``W+`` and ``W-``, use ``W- = W - W+`` (and ``b- = b - b+``):
+    ``f(x; W)`` is the layer output itself, so this saves one product and one VJP."""
+    keys = {key for products, _ in tables for key, _ in products}
+    for key in keys:
+        used = {primitive for products, _ in tables for k, primitive in products if k == key}
+        if {"positive", "negative"} <= used:
+            for products, biases in tables:
+                negative = products.pop((key, "negative"), 0.0)
+                bias_negative = biases.pop("negative", 0.0)
+                for primitive, sign in (("identity", 1.0), ("positive", -1.0)):
+                    products[key, primitive] = products.get((key, primitive), 0.0) + sign * negative
+                    biases[primitive] = biases.get(primitive, 0.0) + sign * bias_negative
+
+
+def _cancel_identity_bias(tables: list) -> None:
+    """``f(x; W)`` is read off the output as ``y - b``: move that ``-b`` into the bias table."""
+    for products, biases in tables:
+        coefficient = products.get(("identity", "identity"), 0.0)
+        if coefficient and biases:
+            biases["identity"] = biases.get("identity", 0.0) - coefficient
+
+
+def _foldable_biases(tables: list) -> dict[tuple[Hashable, Any], Any]:
+    """Products that can carry a bias primitive inside the convolution (saving a pass): the
+    primitive's bias coefficient equals the product's coefficient in every group."""
+    folded = {}
+    pairs = {pair for products, _ in tables for pair in products}
+    for key, primitive in pairs:
+        if (key, primitive) == ("identity", "identity"):
+            continue
+        if sum(1 for k, p in pairs if p == primitive) != 1:
+            continue
+        if all(biases.get(primitive, 0.0) == products.get((key, primitive), 0.0)
+               for products, biases in tables):
+            folded[key, primitive] = primitive
+    return folded
 
 
 def lrp_backward(
     plan: _Plan, op: _LinearOp, x: Tensor, y: Tensor, weight: Tensor, bias: Tensor | None,
     grad: Tensor,
 ) -> Tensor:
-    """The generic LRP rule for a linear layer ``y = f(x; weight) + bias``; returns relevance."""
-    sign = _input_sign(x)
+    """The generic LRP rule for a linear layer ``y = f(x; W) + b``; returns the relevance.
+
+    Every term's output is a linear combination of products ``f(in(x); prim(W))`` and bias
+    primitives; ``f(x; W)`` is ``y - b``, so its bias cancels symbolically.
+    """
+    sign = _input_sign(x) if plan.splits_sign else None
+    tables = _coefficients(plan, sign, bias is not None)
+    _rewrite_negative(tables)
+    _cancel_identity_bias(tables)
+    folded = _foldable_biases(tables) if bias is not None else {}
+    weights: dict[Any, Tensor] = {}
+
+    def weight_of(primitive: Any) -> Tensor:
+        if primitive not in weights:
+            weights[primitive] = _apply_param_primitive(primitive, weight, "weight")
+        return weights[primitive]
+
     inputs: dict[Hashable, Tensor] = {}
 
     def input_of(key: Hashable) -> Tensor:
@@ -528,77 +626,61 @@ def lrp_backward(
             inputs[key] = _apply_input_mod(key, x)
         return inputs[key]
 
-    # which (input, parameter primitive) products the terms use
-    terms = []  # (group index, term, input key, zeroed names)
-    needed: dict[Hashable, set] = {}
-    for index, group in enumerate(plan.groups):
-        for term in group.terms:
-            key = _input_key(term.input, sign)
-            zeroed = plan.zeroed(term)
-            terms.append((index, term, key, zeroed))
-            if key is not None and "weight" not in zeroed:
-                for primitive, _ in term.param_mod.terms:
-                    needed.setdefault(key, set()).add(primitive)
-
-    # 1. forward of every term, sharing products: f(x; W) = y - b, and W = W+ + W-
+    # 1. z of every group from the shared products
     products: dict[tuple[Hashable, Any], Tensor] = {}
-    unbiased_y = y if bias is None else y - _bias_view(bias, y, op)
-    for key, primitives in needed.items():
-        if {"positive", "negative"} <= primitives:
-            primitives = (primitives - {"negative"}) | {"identity"}
-        for primitive in primitives:
-            if key == "identity" and primitive == "identity":
-                products[key, primitive] = unbiased_y
-            else:
-                modified = _apply_param_primitive(primitive, weight, "weight")
-                products[key, primitive] = op.forward(input_of(key), modified)
-        if "negative" in needed[key] and (key, "negative") not in products:
-            products[key, "negative"] = products[key, "identity"] - products[key, "positive"]
+    quotients = []
+    for group, (coefficients, biases) in zip(plan.groups, tables, strict=True):
+        items = []
+        for (key, primitive), coefficient in coefficients.items():
+            if coefficient == 0.0:
+                continue
+            if key == "identity" and primitive == "identity":  # f(x; W) = y - b
+                items.append((y, coefficient))
+                continue
+            if (key, primitive) not in products:
+                folded_bias = folded.get((key, primitive))
+                products[key, primitive] = op.forward(
+                    input_of(key), weight_of(primitive),
+                    None if folded_bias is None else _apply_param_primitive(
+                        folded_bias, bias, "bias"),
+                )
+            items.append((products[key, primitive], coefficient))
+        z = _lincomb(items)
+        if bias is not None:
+            bias_total = _lincomb(
+                (_apply_param_primitive(primitive, bias, "bias"), c)
+                for primitive, c in biases.items() if primitive not in folded.values()
+            )
+            if bias_total is not None:
+                bias_total = _bias_view(bias_total, op)
+                z = bias_total.expand_as(y) if z is None else z + bias_total
+        # 2. divide the incoming relevance by the stabilised denominator
+        quotients.append(_gated(plan, group, y, grad, z))
 
-    z_by_group: list[Tensor | None] = [None] * len(plan.groups)
-    for index, term, key, zeroed in terms:
-        value = None
-        if key is not None and "weight" not in zeroed:
-            for primitive, coefficient in term.param_mod.terms:
-                product = products[key, primitive]
-                value = _add(value, product if coefficient == 1.0 else coefficient * product)
-        if bias is not None and "bias" not in zeroed:
-            value = _add(value, _bias_view(term.param_mod(bias, "bias"), y, op))
-        if value is None:
-            continue
-        value = value if term.sign == 1.0 else term.sign * value
-        z_by_group[index] = _add(z_by_group[index], value)
-    z_by_group = [torch.zeros_like(y) if z is None else z for z in z_by_group]
-
-    # 2. gradient map; 3. per (input, primitive) output gradient, one VJP each
-    output_grads: dict[Hashable, dict[Any, Tensor]] = {}
-    group_grads = list(apply_gradient_map(plan, y, grad, z_by_group))
-    for index, term, key, zeroed in terms:
-        if key is None or "weight" in zeroed:
-            continue
-        for primitive, coefficient in term.param_mod.terms:
-            factor = term.sign * coefficient
-            contribution = group_grads[index] if factor == 1.0 else factor * group_grads[index]
-            by_primitive = output_grads.setdefault(key, {})
-            by_primitive[primitive] = _add(by_primitive.get(primitive), contribution)
-
-    # 4. relevance = sum over inputs of input * sum of VJPs
+    # 3. one VJP per (input, primitive), with output gradients sum_G weight_G c_G s_G
     relevance = None
-    for key, by_primitive in output_grads.items():
-        if "positive" in by_primitive and "negative" in by_primitive:
-            negative = by_primitive.pop("negative")  # VJP_{W-} = VJP_W - VJP_{W+}
-            by_primitive["identity"] = _add(by_primitive.get("identity"), negative)
-            by_primitive["positive"] = by_primitive["positive"] - negative
+    keys = dict.fromkeys(key for coefficients, _ in tables for key, _ in coefficients)
+    for key in keys:
         vjp = None
-        for primitive, output_grad in by_primitive.items():
-            modified = _apply_param_primitive(primitive, weight, "weight")
-            vjp = _add(vjp, op.input_vjp(output_grad, modified, x.shape))
-        relevance = _add(relevance, vjp if key == "ones" else input_of(key) * vjp)
+        primitives = dict.fromkeys(p for coefficients, _ in tables for k, p in coefficients
+                                   if k == key)
+        for primitive in primitives:
+            output_grad = _lincomb(
+                (quotient, group.weight * coefficients.get((key, primitive), 0.0))
+                for group, quotient, (coefficients, _) in zip(
+                    plan.groups, quotients, tables, strict=True
+                )
+            )
+            if output_grad is not None:
+                vjp = _add(vjp, op.input_vjp(output_grad, weight_of(primitive), x.shape))
+        # 4. multiply by the (modified) input
+        if vjp is not None:
+            relevance = _add(relevance, vjp if key == "ones" else input_of(key) * vjp)
     return torch.zeros_like(x) if relevance is None else relevance
 
 
-def _bias_view(bias: Tensor, y: Tensor, op: _LinearOp) -> Tensor:
-    """Reshape a bias so it broadcasts against the output ``y`` (channels at dim 1 for convs)."""
+def _bias_view(bias: Tensor, op: _LinearOp) -> Tensor:
+    """Reshape a bias so it broadcasts against the output (channels at dim 1 for convs)."""
     if op.kind == "dense":
         return bias
     return bias.reshape(bias.shape[0], *(1,) * op.ndim)
@@ -658,7 +740,10 @@ def generic_backward(plan: _Plan, call: _GenericCall, x: Tensor, y: Tensor,
             evaluated.append((index, term, u, pullback))
             signed = value if term.sign == 1.0 else term.sign * value
             z_by_group[index] = _add(z_by_group[index], signed)
-    grads = list(apply_gradient_map(plan, y, grad, z_by_group))
+    grads = [
+        group.weight * _gated(plan, group, y, grad, z)
+        for group, z in zip(plan.groups, z_by_group, strict=True)
+    ]
     relevance = None
     for index, term, u, pullback in evaluated:
         (vjp,) = pullback(grads[index])
