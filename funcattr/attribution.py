@@ -17,9 +17,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch._C import _functorch
 
-from funcattr.core import _peek
+from funcattr.core import _peek, rules_at_this_level
 
 __all__ = [
     "Attributor",
@@ -126,24 +125,6 @@ def one_hot(target: int | Sequence[int] | Tensor | None = None, *,
     return one_hot_fn
 
 
-def _is_differentiated(values: Sequence[Any]) -> bool:
-    """Whether an outer transform or autograd will differentiate through these tensors."""
-    for value in values:
-        if not isinstance(value, Tensor):
-            continue
-        if _functorch.is_functorch_wrapped_tensor(value) and not _functorch.is_batchedtensor(
-            value
-        ):
-            return True
-        if _functorch.is_batchedtensor(value):
-            inner = _functorch.get_unwrapped(value)
-            if _is_differentiated([inner]):
-                return True
-        if torch.is_grad_enabled() and value.requires_grad:
-            return True
-    return False
-
-
 def _check_input(input: Any, owner: str) -> None:
     if not isinstance(input, Tensor):
         raise TypeError(f"{owner}(input={type(input).__name__}): expected a torch.Tensor.")
@@ -175,7 +156,11 @@ def pullback(fn: Callable, params: Params, input: Tensor, *,
     Several output gradients cost one forward pass: ``torch.func.vmap(pull)(stacked)``.
     """
     _check_input(input, owner)
-    output, vjp_fn = torch.func.vjp(lambda x: _call_model(fn, params, x, owner), input)
+    def model(x: Tensor) -> Tensor:
+        with rules_at_this_level():
+            return _call_model(fn, params, x, owner)
+
+    output, vjp_fn = torch.func.vjp(model, input)
 
     def pull(output_grad: Tensor) -> Tensor:
         return vjp_fn(output_grad)[0]
@@ -183,16 +168,9 @@ def pullback(fn: Callable, params: Params, input: Tensor, *,
     return output, pull
 
 
-def _seed(fn: Callable, params: Params, input: Tensor, output: Tensor,
-          attr_output_fn: Callable[[Tensor], Tensor], owner: str) -> Tensor:
-    """The output gradient; when the attribution is differentiated, the seed's dependence on
-    the output follows the model's true derivative (not the rules)."""
-    seed_output = output
-    plain = getattr(fn, "plain", None)
-    if plain is not None and plain is not fn and _is_differentiated([input, *params.values()]):
-        reference = _call_model(plain, params, input, owner)
-        seed_output = output.detach() + (reference - reference.detach())
-    seed = attr_output_fn(seed_output)
+def _seed(output: Tensor, attr_output_fn: Callable[[Tensor], Tensor], owner: str) -> Tensor:
+    """The output gradient ``attr_output_fn(output)``, checked against the output's shape."""
+    seed = attr_output_fn(output)
     if not isinstance(seed, Tensor) or seed.shape != output.shape:
         got = tuple(seed.shape) if isinstance(seed, Tensor) else type(seed).__name__
         raise ValueError(
@@ -232,7 +210,7 @@ def gradient(fn: Callable, params: Params, input: Tensor,
     """
     attr_output_fn = _as_attr_output_fn(attr_output_fn, "gradient")
     output, pull = pullback(fn, params, input, owner="gradient")
-    seed = _seed(fn, params, input, output, attr_output_fn, "gradient")
+    seed = _seed(output, attr_output_fn, "gradient")
     return output, pull(seed)
 
 

@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -47,6 +49,7 @@ __all__ = [
     "Term",
     "expand",
     "lrp_backward",
+    "rules_at_this_level",
     "stabilize",
 ]
 
@@ -700,9 +703,12 @@ class _LinearLRP(torch.autograd.Function):
         x, y, weight, bias, plan, op = inputs
         ctx.save_for_backward(x, y, weight, bias)
         ctx.plan, ctx.op = plan, op
+        _record_level(ctx)
 
     @staticmethod
     def backward(ctx, grad):
+        if not ctx.rule_applies:  # the true derivative, through the ordinary output y
+            return None, grad, None, None, None, None
         x, y, weight, bias = ctx.saved_tensors
         relevance = lrp_backward(ctx.plan, ctx.op, x, y, weight, bias, grad)
         return relevance, None, None, None, None, None
@@ -766,12 +772,45 @@ class _GenericLRP(torch.autograd.Function):
         x, y, plan, call, *params = inputs
         ctx.save_for_backward(x, y, *params)
         ctx.plan, ctx.call = plan, call
+        _record_level(ctx)
 
     @staticmethod
     def backward(ctx, grad):
+        if not ctx.rule_applies:
+            return (None, grad, None, None, *(None,) * (len(ctx.saved_tensors) - 2))
         x, y, *params = ctx.saved_tensors
         relevance = generic_backward(ctx.plan, ctx.call, x, y, params, grad)
         return (relevance, None, None, None, *(None,) * len(params))
+
+
+# --------------------------------------------------------------------------------------------
+# Which differentiation level the rules act on
+# --------------------------------------------------------------------------------------------
+
+_EVERY_LEVEL = object()
+_RULE_LEVEL: ContextVar[Any] = ContextVar("funcattr_rule_level", default=_EVERY_LEVEL)
+
+
+@contextmanager
+def rules_at_this_level() -> Iterator[None]:
+    """Within this block, rules modify only the gradient of the current ``torch.func`` level.
+
+    An attribution is one pullback through the rule-applied model. When it is itself
+    differentiated (``torch.func.grad`` of an explanation loss, ``create_graph``), the outer
+    derivative of the forward pass must be the model's true derivative, as with Zennit's
+    ``inactive()``. Outside such a block (a user differentiating ``fn`` directly) every
+    level's gradient is the rule's.
+    """
+    token = _RULE_LEVEL.set(_functorch.maybe_current_level())
+    try:
+        yield
+    finally:
+        _RULE_LEVEL.reset(token)
+
+
+def _record_level(ctx: Any) -> None:
+    level = _RULE_LEVEL.get()
+    ctx.rule_applies = level is _EVERY_LEVEL or level == _functorch.maybe_current_level()
 
 
 # --------------------------------------------------------------------------------------------
@@ -792,9 +831,12 @@ class _Elementwise(torch.autograd.Function):
         x, y, backward_fn = inputs
         ctx.save_for_backward(x, y)
         ctx.backward_fn = backward_fn
+        _record_level(ctx)
 
     @staticmethod
     def backward(ctx, grad):
+        if not ctx.rule_applies:
+            return None, grad, None
         x, y = ctx.saved_tensors
         return ctx.backward_fn(x, y, grad), None, None
 
