@@ -696,7 +696,7 @@ class _LinearLRP(torch.autograd.Function):
 
     @staticmethod
     def forward(x, y, weight, bias, plan, op):
-        return y.view_as(y)
+        return y.clone()  # saved y must survive in-place ops downstream
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -765,7 +765,7 @@ class _GenericLRP(torch.autograd.Function):
 
     @staticmethod
     def forward(x, y, plan, call, *params):
-        return y.view_as(y)
+        return y.clone()  # saved y must survive in-place ops downstream
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -818,7 +818,7 @@ def _record_level(ctx: Any) -> None:
 # --------------------------------------------------------------------------------------------
 
 class _Elementwise(torch.autograd.Function):
-    """Value ``y``; gradient with respect to ``x`` given by ``backward_fn(x, y, grad)``."""
+    """Value ``y``; gradient with respect to ``x`` given by ``backward_fn(x, grad)``."""
 
     generate_vmap_rule = True
 
@@ -828,8 +828,8 @@ class _Elementwise(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, y, backward_fn = inputs
-        ctx.save_for_backward(x, y)
+        x, _, backward_fn = inputs
+        ctx.save_for_backward(x)
         ctx.backward_fn = backward_fn
         _record_level(ctx)
 
@@ -837,10 +837,10 @@ class _Elementwise(torch.autograd.Function):
     def backward(ctx, grad):
         if not ctx.rule_applies:
             return None, grad, None
-        x, y = ctx.saved_tensors
-        return ctx.backward_fn(x, y, grad), None, None
+        (x,) = ctx.saved_tensors
+        return ctx.backward_fn(x, grad), None, None
 
 
 def elementwise_rule(x: Tensor, y: Tensor, backward_fn: Callable) -> Tensor:
-    """Return ``y`` with the input gradient ``backward_fn(x, y, grad_output)``."""
+    """Return ``y`` with the input gradient ``backward_fn(x, grad_output)``."""
     return _Elementwise.apply(x, y, backward_fn)

@@ -78,6 +78,8 @@ class LayerCall:
         self._inner = inner
 
     def __call__(self, *args, **kwargs):
+        if getattr(self.module, "inplace", False) and args and isinstance(args[0], Tensor):
+            args = (args[0].clone(), *args[1:])  # keep the rule's input x intact
         return self.forward(*args, **kwargs)
 
     def state(self) -> dict[str, Tensor]:

@@ -317,7 +317,7 @@ class _ShapePreservingRule(Rule):
     def modify(self, x: Tensor, y: Tensor) -> Tensor:
         return elementwise_rule(x, y, self.backward)
 
-    def backward(self, x: Tensor, y: Tensor, grad: Tensor) -> Tensor:
+    def backward(self, x: Tensor, grad: Tensor) -> Tensor:
         raise NotImplementedError
 
 
@@ -331,7 +331,7 @@ class Pass(_ShapePreservingRule):
     Pass()
     """
 
-    def backward(self, x: Tensor, y: Tensor, grad: Tensor) -> Tensor:
+    def backward(self, x: Tensor, grad: Tensor) -> Tensor:
         return grad
 
 
@@ -355,7 +355,7 @@ class ReLUDeconvNet(_ShapePreservingRule):
 
     check = _check_activation
 
-    def backward(self, x, y, grad):
+    def backward(self, x, grad):
         return grad.clamp(min=0)
 
 
@@ -371,7 +371,7 @@ class ReLUGuidedBackprop(_ShapePreservingRule):
 
     check = _check_activation
 
-    def backward(self, x, y, grad):
+    def backward(self, x, grad):
         return grad * ((x > 0) & (grad > 0)).to(grad.dtype)
 
 
@@ -388,5 +388,5 @@ class ReLUBetaSmooth(_ShapePreservingRule):
     beta_smooth: float = 10.0
     check = _check_activation
 
-    def backward(self, x, y, grad):
+    def backward(self, x, grad):
         return torch.sigmoid(self.beta_smooth * x) * grad

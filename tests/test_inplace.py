@@ -1,0 +1,58 @@
+"""In-place operations around ruled modules must not corrupt the rules (Zennit clones for this)."""
+
+import torch
+from torch import nn
+
+import funcattr
+from funcattr.composites import DeconvNet, EpsilonGammaBox, EpsilonPlusFlat, LayerMapComposite
+from funcattr.rules import Epsilon
+
+
+def _stabilized(z):
+    return z + 1e-6 * torch.where(z < 0, -1.0, 1.0)
+
+
+class _DoubleInPlace(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l1 = nn.Linear(4, 4)
+        self.l2 = nn.Linear(4, 3)
+
+    def forward(self, x):
+        y = self.l1(x)
+        y.mul_(2.0)  # an unruled in-place op on a ruled layer's output
+        return self.l2(y)
+
+
+def test_inplace_op_on_ruled_output_keeps_the_rule_exact(rng):
+    model = _DoubleInPlace()
+    x = torch.randn(2, 4, generator=rng)
+    fn, params = funcattr.functionalize(model, LayerMapComposite([(nn.Linear, Epsilon())]))
+    _, relevance = funcattr.gradient(fn, params, x, torch.ones(2, 3))
+    w1, b1, w2, b2 = model.l1.weight, model.l1.bias, model.l2.weight, model.l2.bias
+    z1 = x @ w1.T + b1
+    hidden = 2 * z1
+    z2 = hidden @ w2.T + b2
+    r_hidden = hidden * ((torch.ones(2, 3) / _stabilized(z2)) @ w2)
+    expected = x * ((2 * r_hidden / _stabilized(z1)) @ w1)
+    torch.testing.assert_close(relevance, expected, rtol=1e-10, atol=1e-12)
+
+
+def _pair(rng):
+    inplace = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(inplace=True), nn.Flatten(),
+                            nn.Linear(4 * 4 * 4, 5), nn.ReLU(inplace=True), nn.Linear(5, 3))
+    plain = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 4 * 4, 5), nn.ReLU(), nn.Linear(5, 3))
+    plain.load_state_dict(inplace.state_dict())
+    return inplace.eval(), plain.eval(), torch.randn(3, 2, 6, 6, generator=rng)
+
+
+def test_inplace_relu_gives_the_result_of_an_out_of_place_relu(rng):
+    inplace, plain, x = _pair(rng)
+    seed = torch.tensor([[1.0, -2.0, 0.5]]).expand(3, 3)
+    for composite in (DeconvNet(), EpsilonPlusFlat(), EpsilonGammaBox(-3.0, 3.0)):
+        fn_inplace, params = funcattr.functionalize(inplace, composite)
+        fn_plain, _ = funcattr.functionalize(plain, composite)
+        _, expected = funcattr.gradient(fn_plain, params, x, seed)
+        _, relevance = funcattr.gradient(fn_inplace, params, x, seed)
+        torch.testing.assert_close(relevance, expected, rtol=1e-12, atol=1e-12)
