@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from funcattr.core import _peek, rules_at_this_level
+from funcattr.core import _peek, is_differentiated, rules_at_this_level
 
 __all__ = [
     "Attributor",
@@ -156,6 +156,8 @@ def pullback(fn: Callable, params: Params, input: Tensor, *,
     Several output gradients cost one forward pass: ``torch.func.vmap(pull)(stacked)``.
     """
     _check_input(input, owner)
+    differentiated = is_differentiated([input, *params.values()])
+
     def model(x: Tensor) -> Tensor:
         with rules_at_this_level():
             return _call_model(fn, params, x, owner)
@@ -163,7 +165,10 @@ def pullback(fn: Callable, params: Params, input: Tensor, *,
     output, vjp_fn = torch.func.vjp(model, input)
 
     def pull(output_grad: Tensor) -> Tensor:
-        return vjp_fn(output_grad)[0]
+        if differentiated or is_differentiated([output_grad]):
+            return vjp_fn(output_grad)[0]
+        with torch.no_grad():  # nobody differentiates the attribution: record no graph
+            return vjp_fn(output_grad)[0]
 
     return output, pull
 

@@ -48,6 +48,7 @@ __all__ = [
     "Stabilizer",
     "Term",
     "expand",
+    "is_differentiated",
     "lrp_backward",
     "rules_at_this_level",
     "stabilize",
@@ -418,27 +419,19 @@ class _LinearOp:
         return transpose(u, weight, bias, self.stride, self.padding, self.output_padding,
                          self.groups, self.dilation)
 
-    def input_vjp(self, grad: Tensor, weight: Tensor, input_shape: torch.Size) -> Tensor:
+    def input_vjp(self, grad: Tensor, weight: Tensor, input: Tensor) -> Tensor:
+        """``(d f(u; weight) / d u)^T grad`` at an input shaped like ``input``."""
         if self.kind == "dense":
             return grad @ weight
-        if self.kind == "conv_transpose":
-            conv = (F.conv1d, F.conv2d, F.conv3d)[self.ndim - 1]
-            return conv(grad, weight, None, self.stride, self.padding, self.dilation, self.groups)
-        if self.module.padding_mode != "zeros" or isinstance(self.padding, str):
-            primal = torch.zeros(input_shape, dtype=grad.dtype, device=grad.device)
+        if self.kind == "conv" and (self.module.padding_mode != "zeros"
+                                    or isinstance(self.padding, str)):
+            primal = torch.zeros_like(input)
             return torch.func.vjp(lambda u: self.forward(u, weight), primal)[1](grad)[0]
-        spatial = input_shape[-self.ndim:]
-        kernel = weight.shape[2:]
-        output_padding = tuple(
-            size - ((out - 1) * s - 2 * p + d * (k - 1) + 1)
-            for size, out, s, p, d, k in zip(
-                spatial, grad.shape[-self.ndim:], self.stride, self.padding, self.dilation,
-                kernel, strict=True,
-            )
-        )
-        transpose = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[self.ndim - 1]
-        return transpose(grad, weight, None, self.stride, self.padding, output_padding,
-                         self.groups, self.dilation)
+        output_padding = self.output_padding or (0,) * self.ndim
+        return torch.ops.aten.convolution_backward(
+            grad, input, weight, None, self.stride, self.padding, self.dilation,
+            self.kind == "conv_transpose", output_padding, self.groups, (True, False, False),
+        )[0]
 
 
 _CONVS = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
@@ -484,6 +477,30 @@ def _peek(tensor: Tensor) -> Tensor | None:
     return tensor
 
 
+def _is_batched(tensor: Tensor) -> bool:
+    """Whether a ``vmap`` level batches this tensor (in-place ops would mix batch levels)."""
+    while _functorch.is_functorch_wrapped_tensor(tensor):
+        if _functorch.is_batchedtensor(tensor):
+            return True
+        tensor = _functorch.get_unwrapped(tensor)
+    return False
+
+
+def is_differentiated(values: Iterable[Any]) -> bool:
+    """Whether autograd or an outer ``torch.func`` transform may differentiate through any of
+    these tensors (then computations on them must be recorded)."""
+    for value in values:
+        if not isinstance(value, Tensor):
+            continue
+        while _functorch.is_functorch_wrapped_tensor(value):
+            if not _functorch.is_batchedtensor(value):
+                return True  # a grad/jvp level wraps it
+            value = _functorch.get_unwrapped(value)
+        if torch.is_grad_enabled() and value.requires_grad:
+            return True
+    return False
+
+
 def _input_sign(x: Tensor) -> str | None:
     """``'nonnegative'`` / ``'nonpositive'`` when ``x`` provably is, else ``None``."""
     plain = _peek(x)
@@ -516,27 +533,47 @@ def _add(total: Tensor | None, value: Tensor) -> Tensor:
     return value if total is None else total + value
 
 
-def _lincomb(items: Iterable[tuple[Tensor, float]]) -> Tensor | None:
-    """``sum_i c_i t_i`` with one fused pass per term (``torch.add(..., alpha=c)``)."""
-    total = None
+def _lincomb(items: Iterable[tuple[Tensor, float]], inplace: bool = False) -> Tensor | None:
+    """``sum_i c_i t_i`` with one fused pass per term (``torch.add(..., alpha=c)``).
+
+    With ``inplace`` (no graph is being recorded) the sum is accumulated in the first tensor
+    it allocates; the inputs are never modified.
+    """
+    total, owned = None, False
     for tensor, coefficient in items:
         if coefficient == 0.0:
             continue
         if total is None:
-            total = tensor if coefficient == 1.0 else tensor * coefficient
+            total, owned = (tensor, False) if coefficient == 1.0 else (tensor * coefficient, True)
+        elif inplace and owned:
+            total.add_(tensor, alpha=coefficient)
         else:
-            total = torch.add(total, tensor, alpha=coefficient)
+            total, owned = torch.add(total, tensor, alpha=coefficient), True
     return total
 
 
-def _gated(plan: _Plan, group: Group, y: Tensor, grad: Tensor, z: Tensor | None) -> Tensor:
+def _quotient(plan: _Plan, z: Tensor, grad: Tensor, inplace: bool) -> Tensor:
+    """``grad / stabilizer(z)``; the default stabilizer runs in place when no graph is recorded."""
+    stabilizer = plan.stabilizer
+    if (inplace and type(stabilizer) is Stabilizer and not stabilizer.clip
+            and not stabilizer.norm_scale):
+        epsilon = stabilizer.epsilon
+        denominator = (z < 0).to(z.dtype)  # 1 where negative: z + eps - 2 eps [z < 0]
+        denominator.mul_(-2.0 * epsilon).add_(epsilon).add_(z)
+        return torch.div(grad, denominator, out=denominator)
+    return grad / stabilizer(z)
+
+
+def _gated(plan: _Plan, group: Group, y: Tensor, grad: Tensor, z: Tensor | None,
+           inplace: bool = False) -> Tensor:
     """Step 2 of the rule for one group: ``gate * R / stabilizer(z)``."""
-    quotient = grad / plan.stabilizer(torch.zeros_like(y) if z is None else z)
-    if group.gate == "positive":
-        return torch.where(y > 0, quotient, 0.0)
-    if group.gate == "negative":
-        return torch.where(y < 0, quotient, 0.0)
-    return quotient
+    quotient = _quotient(plan, torch.zeros_like(y) if z is None else z, grad, inplace)
+    if group.gate is None:
+        return quotient
+    keep = y > 0 if group.gate == "positive" else y < 0
+    if inplace:  # the quotient is finite (stabilised), so a multiply by the mask is exact
+        return quotient.mul_(keep)
+    return torch.where(keep, quotient, 0.0)
 
 
 Coefficients = dict[tuple[Hashable, Any], float]
@@ -610,6 +647,8 @@ def lrp_backward(
     Every term's output is a linear combination of products ``f(in(x); prim(W))`` and bias
     primitives; ``f(x; W)`` is ``y - b``, so its bias cancels symbolically.
     """
+    # nothing records this backward and no transform batches it: reuse buffers in place
+    inplace = not torch.is_grad_enabled() and not any(_is_batched(t) for t in (x, y, grad))
     sign = _input_sign(x) if plan.splits_sign else None
     tables = _coefficients(plan, sign, bias is not None)
     _rewrite_negative(tables)
@@ -648,7 +687,7 @@ def lrp_backward(
                         folded_bias, bias, "bias"),
                 )
             items.append((products[key, primitive], coefficient))
-        z = _lincomb(items)
+        z = _lincomb(items, inplace)
         if bias is not None:
             bias_total = _lincomb(
                 (_apply_param_primitive(primitive, bias, "bias"), c)
@@ -658,7 +697,7 @@ def lrp_backward(
                 bias_total = _bias_view(bias_total, op)
                 z = bias_total.expand_as(y) if z is None else z + bias_total
         # 2. divide the incoming relevance by the stabilised denominator
-        quotients.append(_gated(plan, group, y, grad, z))
+        quotients.append(_gated(plan, group, y, grad, z, inplace))
 
     # 3. one VJP per (input, primitive), with output gradients sum_G weight_G c_G s_G
     relevance = None
@@ -669,16 +708,22 @@ def lrp_backward(
                                    if k == key)
         for primitive in primitives:
             output_grad = _lincomb(
-                (quotient, group.weight * coefficients.get((key, primitive), 0.0))
-                for group, quotient, (coefficients, _) in zip(
-                    plan.groups, quotients, tables, strict=True
-                )
+                ((quotient, group.weight * coefficients.get((key, primitive), 0.0))
+                 for group, quotient, (coefficients, _) in zip(
+                     plan.groups, quotients, tables, strict=True
+                 )),
+                inplace,
             )
             if output_grad is not None:
-                vjp = _add(vjp, op.input_vjp(output_grad, weight_of(primitive), x.shape))
+                term = op.input_vjp(output_grad, weight_of(primitive), x)
+                vjp = term if vjp is None else (vjp.add_(term) if inplace else vjp + term)
         # 4. multiply by the (modified) input
-        if vjp is not None:
-            relevance = _add(relevance, vjp if key == "ones" else input_of(key) * vjp)
+        if vjp is None:
+            continue
+        if key != "ones":
+            vjp = vjp.mul_(input_of(key)) if inplace else input_of(key) * vjp
+        relevance = vjp if relevance is None else (
+            relevance.add_(vjp) if inplace else relevance + vjp)
     return torch.zeros_like(x) if relevance is None else relevance
 
 
