@@ -1,5 +1,7 @@
 """Per-layer conservation and completeness: a hand-computed LRP case, laws, no mutation."""
 
+import itertools
+
 import pytest
 import torch
 from torch import nn
@@ -57,8 +59,8 @@ def test_conservation_chain_input_and_table():
     target = torch.tensor([0, 4, 2])
     report = conservation(model, x, target, composite="epsilon_plus_flat")
     layers = report.layers
-    for lower, upper in zip(layers, layers[1:]):  # sequential: what a layer receives is what
-        torch.testing.assert_close(lower.relevance_out, upper.relevance_in)  # the next sent
+    for lower, upper in itertools.pairwise(layers):  # sequential: what a layer receives is
+        torch.testing.assert_close(lower.relevance_out, upper.relevance_in)  # what the next sent
     fn, params = funcattr.functionalize(model, "epsilon_plus_flat")
     _, attribution = funcattr.gradient(fn, params, x, funcattr.one_hot(target,
                                                                        times_output=True))

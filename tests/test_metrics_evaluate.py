@@ -84,7 +84,7 @@ def test_write_table_and_plot(setting, tmp_path):
 
 
 def test_evaluate_with_pure_fn(setting):
-    model, images, labels, masks, _ = setting
+    model, images, labels, _, _ = setting
     import funcattr
 
     fn, params = funcattr.functionalize(model)

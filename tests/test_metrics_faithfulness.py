@@ -208,7 +208,7 @@ def test_sensitivity_n_linear_model_exact_attribution_is_one():
     x = torch.rand(3, 2, 4, 4)
     fill = 0.3
     exact = params["weight"][1].view(2, 4, 4) * (x - fill)
-    ns, correlation = sensitivity_n(linear_fn, x, 1, exact, params=params, fill=fill,
+    _, correlation = sensitivity_n(linear_fn, x, 1, exact, params=params, fill=fill,
                                     patch_size=2, ns=[1, 2], n_subsets=12, generator=3)
     torch.testing.assert_close(correlation, torch.ones(3, 2))
     noisy = exact + torch.randn(exact.shape, generator=torch.Generator().manual_seed(0))
