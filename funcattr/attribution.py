@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from funcattr.core import _peek, is_differentiated, rules_at_this_level
+from funcattr.core import _peek, is_differentiated, is_transformed, rules_at_this_level
 
 __all__ = [
     "Attributor",
@@ -154,8 +154,33 @@ def pullback(fn: Callable, params: Params, input: Tensor, *,
     """Run ``fn(params, input)`` once; return the output and ``output gradient -> attribution``.
 
     Several output gradients cost one forward pass: ``torch.func.vmap(pull)(stacked)``.
+    Outside ``torch.func`` transforms and when nothing differentiates the attribution, the
+    pullback runs on plain autograd (no transform overhead, no graph of the backward);
+    otherwise on ``torch.func.vjp``, where rules act at this pullback's level only.
     """
     _check_input(input, owner)
+    values = [input, *params.values()]
+    if is_differentiated(values) or any(is_transformed(value) for value in values):
+        return _vjp_pullback(fn, params, input, owner)
+    return _autograd_pullback(fn, params, input, owner)
+
+
+def _autograd_pullback(fn, params, input, owner):
+    leaf = input.detach().requires_grad_(True)
+    with torch.enable_grad(), rules_at_this_level():
+        output = _call_model(fn, params, leaf, owner)
+
+    def pull(output_grad: Tensor) -> Tensor:
+        if not output.requires_grad:  # the output does not depend on the input
+            return torch.zeros_like(input)
+        (grad,) = torch.autograd.grad(output, leaf, output_grad, retain_graph=True,
+                                      allow_unused=True)
+        return torch.zeros_like(input) if grad is None else grad
+
+    return output.detach(), pull
+
+
+def _vjp_pullback(fn, params, input, owner):
     differentiated = is_differentiated([input, *params.values()])
 
     def model(x: Tensor) -> Tensor:

@@ -33,6 +33,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Seq
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, ClassVar
 
 import torch
@@ -49,6 +50,7 @@ __all__ = [
     "Term",
     "expand",
     "is_differentiated",
+    "is_transformed",
     "lrp_backward",
     "rules_at_this_level",
     "stabilize",
@@ -357,13 +359,14 @@ class LinearRule(Rule):
                 f"{self!r} on {type(module).__name__}: the module must return one tensor, got "
                 f"{type(output).__name__}."
             )
-        plan = _Plan(self, self.groups(), self.stabilizer_fn(),
-                     _normalize_zero_params(self.zero_params))
-        op = linear_op(module, kwargs)
+        plan = self.plan()
+        if hasattr(forward, "linear_op"):  # computed once per module by functionalize
+            op = None if kwargs else forward.linear_op
+        else:
+            op = linear_op(module, kwargs)
         if op is not None:
-            weight = module.weight
-            bias = getattr(module, "bias", None)
-            return _LinearLRP.apply(x, output, weight, bias, plan, op)
+            return modified_gradient(x, output, partial(_linear_backward, plan, op),
+                                     module.weight, getattr(module, "bias", None))
         if not hasattr(forward, "with_state"):
             raise TypeError(
                 f"{self!r} on {type(module).__name__}: rules apply to modules through "
@@ -373,7 +376,34 @@ class LinearRule(Rule):
         names = tuple(name for name in module._parameters if name in state)
         buffers = {name: value for name, value in state.items() if name not in names}
         call = _GenericCall(forward.with_state, names, buffers, args[1:], kwargs)
-        return _GenericLRP.apply(x, output, plan, call, *(state[name] for name in names))
+        return modified_gradient(x, output, partial(_generic_backward, plan, call),
+                                 *(state[name] for name in names))
+
+    def plan(self) -> _Plan:
+        """The rule's groups and settings, computed once per distinct rule value."""
+        try:
+            return _PLANS[self]
+        except KeyError:
+            plan = _PLANS[self] = self._make_plan()
+            return plan
+        except TypeError:  # an unhashable user rule
+            return self._make_plan()
+
+    def _make_plan(self) -> _Plan:
+        return _Plan(self, self.groups(), self.stabilizer_fn(),
+                     _normalize_zero_params(self.zero_params))
+
+
+_PLANS: dict[Any, Any] = {}
+
+
+def _linear_backward(plan, op, x, y, tensors, grad):
+    weight, bias = tensors
+    return lrp_backward(plan, op, x, y, weight, bias, grad)
+
+
+def _generic_backward(plan, call, x, y, tensors, grad):
+    return generic_backward(plan, call, x, y, tensors, grad)
 
 
 @dataclass(frozen=True)
@@ -479,11 +509,19 @@ def _peek(tensor: Tensor) -> Tensor | None:
 
 def _is_batched(tensor: Tensor) -> bool:
     """Whether a ``vmap`` level batches this tensor (in-place ops would mix batch levels)."""
-    while _functorch.is_functorch_wrapped_tensor(tensor):
-        if _functorch.is_batchedtensor(tensor):
+    while True:
+        if _functorch.is_batchedtensor(tensor) or _functorch.is_legacy_batchedtensor(tensor):
             return True
+        if not _functorch.is_functorch_wrapped_tensor(tensor):
+            return False
         tensor = _functorch.get_unwrapped(tensor)
-    return False
+
+
+def is_transformed(value: Any) -> bool:
+    """Whether ``value`` is a tensor wrapped by a ``torch.func`` transform (vmap, grad, ...)."""
+    return isinstance(value, Tensor) and (
+        _functorch.is_functorch_wrapped_tensor(value) or _functorch.is_legacy_batchedtensor(value)
+    )
 
 
 def is_differentiated(values: Iterable[Any]) -> bool:
@@ -648,7 +686,8 @@ def lrp_backward(
     primitives; ``f(x; W)`` is ``y - b``, so its bias cancels symbolically.
     """
     # nothing records this backward and no transform batches it: reuse buffers in place
-    inplace = not torch.is_grad_enabled() and not any(_is_batched(t) for t in (x, y, grad))
+    inplace = (not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+               and not any(_is_batched(t) for t in (x, y, grad)))
     sign = _input_sign(x) if plan.splits_sign else None
     tables = _coefficients(plan, sign, bias is not None)
     _rewrite_negative(tables)
@@ -734,31 +773,6 @@ def _bias_view(bias: Tensor, op: _LinearOp) -> Tensor:
     return bias.reshape(bias.shape[0], *(1,) * op.ndim)
 
 
-class _LinearLRP(torch.autograd.Function):
-    """Value ``y``; gradient with respect to ``x`` given by :func:`lrp_backward`."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x, y, weight, bias, plan, op):
-        return y.clone()  # saved y must survive in-place ops downstream
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, y, weight, bias, plan, op = inputs
-        ctx.save_for_backward(x, y, weight, bias)
-        ctx.plan, ctx.op = plan, op
-        _record_level(ctx)
-
-    @staticmethod
-    def backward(ctx, grad):
-        if not ctx.rule_applies:  # the true derivative, through the ordinary output y
-            return None, grad, None, None, None, None
-        x, y, weight, bias = ctx.saved_tensors
-        relevance = lrp_backward(ctx.plan, ctx.op, x, y, weight, bias, grad)
-        return relevance, None, None, None, None, None
-
-
 @dataclass(frozen=True)
 class _GenericCall:
     """Evaluate a module with replaced own parameters and a replaced first input."""
@@ -803,31 +817,6 @@ def generic_backward(plan: _Plan, call: _GenericCall, x: Tensor, y: Tensor,
     return relevance
 
 
-class _GenericLRP(torch.autograd.Function):
-    """Value ``y``; gradient with respect to ``x`` given by :func:`generic_backward`."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x, y, plan, call, *params):
-        return y.clone()  # saved y must survive in-place ops downstream
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, y, plan, call, *params = inputs
-        ctx.save_for_backward(x, y, *params)
-        ctx.plan, ctx.call = plan, call
-        _record_level(ctx)
-
-    @staticmethod
-    def backward(ctx, grad):
-        if not ctx.rule_applies:
-            return (None, grad, None, None, *(None,) * (len(ctx.saved_tensors) - 2))
-        x, y, *params = ctx.saved_tensors
-        relevance = generic_backward(ctx.plan, ctx.call, x, y, params, grad)
-        return (relevance, None, None, None, *(None,) * len(params))
-
-
 # --------------------------------------------------------------------------------------------
 # Which differentiation level the rules act on
 # --------------------------------------------------------------------------------------------
@@ -859,33 +848,68 @@ def _record_level(ctx: Any) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Element-wise rules: a backward that maps (x, y, grad) to the input gradient
+# One autograd.Function for every rule: value y, input gradient backward(x, y, tensors, grad)
 # --------------------------------------------------------------------------------------------
 
-class _Elementwise(torch.autograd.Function):
-    """Value ``y``; gradient with respect to ``x`` given by ``backward_fn(x, grad)``."""
+def _rule_backward(ctx: Any, grad: Tensor) -> tuple:
+    unused = (None,) * (3 + ctx.count)
+    if not ctx.rule_applies:  # the true derivative, through the ordinary output y
+        return (None, grad, *unused)
+    x, y, *tensors = ctx.saved_tensors
+    return (ctx.backward(x, y, tensors, grad), None, *unused)
+
+
+class _ModifiedGradient(torch.autograd.Function):
+    """New-style Function (``setup_context``, vmap rule) for use under ``torch.func``."""
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x, y, backward_fn):
-        return y.view_as(y)
+    def forward(x, y, backward, save_y, *tensors):
+        return y.clone() if save_y else y.view_as(y)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, _, backward_fn = inputs
-        ctx.save_for_backward(x)
-        ctx.backward_fn = backward_fn
+        x, y, backward, save_y, *tensors = inputs
+        ctx.save_for_backward(x, y if save_y else None, *tensors)
+        ctx.backward, ctx.count = backward, len(tensors)
         _record_level(ctx)
 
+    backward = staticmethod(_rule_backward)
+
+
+class _EagerModifiedGradient(torch.autograd.Function):
+    """The same Function in the classic style: cheaper to call on plain tensors."""
+
     @staticmethod
-    def backward(ctx, grad):
-        if not ctx.rule_applies:
-            return None, grad, None
-        (x,) = ctx.saved_tensors
-        return ctx.backward_fn(x, grad), None, None
+    def forward(ctx, x, y, backward, save_y, *tensors):
+        ctx.save_for_backward(x, y if save_y else None, *tensors)
+        ctx.backward, ctx.count = backward, len(tensors)
+        _record_level(ctx)
+        return y.clone() if save_y else y.view_as(y)
+
+    backward = staticmethod(_rule_backward)
+
+
+def modified_gradient(x: Tensor, y: Tensor, backward: Callable, *tensors: Tensor | None,
+                      save_y: bool = True) -> Tensor:
+    """Return ``y`` whose gradient with respect to ``x`` is ``backward(x, y, tensors, grad)``.
+
+    With ``save_y`` the returned tensor is a copy, so that in-place operations downstream
+    cannot change the saved output. Everything else (``y``'s own graph) gets no gradient.
+    """
+    transformed = torch.compiler.is_compiling() or any(
+        is_transformed(t) for t in (x, y, *tensors)
+    )
+    function = _ModifiedGradient if transformed else _EagerModifiedGradient
+    return function.apply(x, y, backward, save_y, *tensors)
+
+
+def _elementwise_backward(backward_fn: Callable, x: Tensor, y: Tensor | None, tensors,
+                          grad: Tensor) -> Tensor:
+    return backward_fn(x, grad)
 
 
 def elementwise_rule(x: Tensor, y: Tensor, backward_fn: Callable) -> Tensor:
     """Return ``y`` with the input gradient ``backward_fn(x, grad_output)``."""
-    return _Elementwise.apply(x, y, backward_fn)
+    return modified_gradient(x, y, partial(_elementwise_backward, backward_fn), save_y=False)

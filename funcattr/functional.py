@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from funcattr.canonizers import Canonizer, CompositeCanonizer, ParamTransform, identity_transform
 from funcattr.composites import Composite, RuleMap, assign_rules, get_composite
-from funcattr.core import Rule
+from funcattr.core import Rule, linear_op
 
 __all__ = ["FunctionalModel", "RuledModule", "functionalize", "model_params"]
 
@@ -76,6 +76,7 @@ class LayerCall:
         if module.__dict__.get("forward") is not None:
             inner.__dict__["forward"] = pytypes.MethodType(self.forward.__func__, inner)
         self._inner = inner
+        self.linear_op = linear_op(module)  # the fast LRP path's view of this layer, if any
 
     def __call__(self, *args, **kwargs):
         if getattr(self.module, "inplace", False) and args and isinstance(args[0], Tensor):
@@ -102,6 +103,16 @@ class _RuledForward:
 
     def __call__(self, *args, **kwargs):
         return self.rule.apply(self.module, self.layer, *args, **kwargs)
+
+
+def _install(tree: nn.Module, tensors: Mapping[str, Tensor]) -> None:
+    """Put ``tensors`` (keyed by full name) into the private tree's registries."""
+    for prefix, module in tree.named_modules(remove_duplicate=False):
+        for registry in (module._parameters, module._buffers):
+            for name in registry:
+                full = f"{prefix}.{name}" if prefix else name
+                if full in tensors and registry[name] is not None:
+                    registry[name] = tensors[full]
 
 
 def _build_tree(view: nn.Module, rules: RuleMap) -> nn.Module:
@@ -145,27 +156,40 @@ class FunctionalModel:
     """
 
     def __init__(self, view: nn.Module, rules: RuleMap, transform: ParamTransform,
-                 plain: FunctionalModel | None = None) -> None:
+                 params: dict[str, Tensor] | None = None) -> None:
         self.view = view
         self.rules = rules
         self.transform = transform
         self._local = threading.local()
-        self._plain = plain
+        self._plain: FunctionalModel | None = None
         self._training = any(module.training for module in view.modules())
+        # the params dict of functionalize, built into the tree: passing it needs no swapping
+        self._resident = (params if params is not None and transform is identity_transform
+                          and not self._training else None)
 
     @property
     def plain(self) -> FunctionalModel:
+        """The same (canonized) model without rules."""
+        if not self.rules:
+            return self
         if self._plain is None:
-            if not self.rules:
-                return self
-            self._plain = FunctionalModel(self.view, RuleMap({}, {}), self.transform)
+            self._plain = FunctionalModel(self.view, RuleMap({}, {}), self.transform,
+                                          self._resident)
         return self._plain
 
     def _tree(self) -> nn.Module:
         tree = getattr(self._local, "tree", None)
         if tree is None:
             tree = self._local.tree = _build_tree(self.view, self.rules)
+            if self._resident is not None:
+                _install(tree, self._resident)
         return tree
+
+    def _is_resident(self, params: Mapping[str, Tensor]) -> bool:
+        resident = self._resident
+        return resident is not None and len(params) == len(resident) and all(
+            params.get(name) is tensor for name, tensor in resident.items()
+        )
 
     def __call__(self, params: Mapping[str, Tensor], input: Any, *args, **kwargs) -> Any:
         if not isinstance(params, Mapping):
@@ -173,6 +197,8 @@ class FunctionalModel:
                 f"fn(params={type(params).__name__}): expected the dict of tensors returned by "
                 f"functionalize (keyed like model.named_parameters() and named_buffers())."
             )
+        if self._is_resident(params):
+            return self._tree()(input, *args, **kwargs)
         view_params = self.transform(params)
         if self._training:  # batch-norm statistics update in place: never the caller's tensors
             view_params = {
@@ -238,7 +264,8 @@ def functionalize(
     if chain:
         view, transform = CompositeCanonizer(chain).apply(model)
     rules = assign_rules(view, composite)
-    return FunctionalModel(view, rules, transform), model_params(model)
+    params = model_params(model)
+    return FunctionalModel(view, rules, transform, params), params
 
 
 class RuledModule(nn.Module):
