@@ -676,6 +676,55 @@ def _foldable_biases(tables: list) -> dict[tuple[Hashable, Any], Any]:
     return folded
 
 
+@dataclass(frozen=True)
+class _Program:
+    """A rule's backward for one input sign pattern, reduced to coefficient tables."""
+
+    groups: tuple  # per group: ((key, primitive, c), ...), ((bias primitive, c), ...)
+    folded: Mapping  # (key, primitive) -> bias primitive computed inside that product
+    vjps: tuple  # per input key: (key, ((primitive, ((group index, c), ...)), ...))
+
+
+def _compile(plan: _Plan, sign: str | None, has_bias: bool) -> _Program:
+    tables = _coefficients(plan, sign, has_bias)
+    _rewrite_negative(tables)
+    _cancel_identity_bias(tables)
+    folded = _foldable_biases(tables) if has_bias else {}
+    groups = tuple(
+        (tuple((key, primitive, c) for (key, primitive), c in products.items() if c != 0.0),
+         tuple((primitive, c) for primitive, c in biases.items()
+               if c != 0.0 and primitive not in folded.values()))
+        for products, biases in tables
+    )
+    vjps = []
+    for key in dict.fromkeys(key for products, _ in tables for key, _ in products):
+        primitives = []
+        for primitive in dict.fromkeys(p for products, _ in tables for k, p in products
+                                       if k == key):
+            uses = tuple(
+                (index, group.weight * products[key, primitive])
+                for index, (group, (products, _)) in enumerate(zip(plan.groups, tables))
+                if products.get((key, primitive), 0.0) != 0.0
+            )
+            if uses:
+                primitives.append((primitive, uses))
+        vjps.append((key, tuple(primitives)))
+    return _Program(groups, folded, tuple(vjps))
+
+
+_PROGRAMS: dict[tuple, _Program] = {}
+
+
+def _program(plan: _Plan, sign: str | None, has_bias: bool) -> _Program:
+    try:
+        return _PROGRAMS[plan, sign, has_bias]
+    except KeyError:
+        program = _PROGRAMS[plan, sign, has_bias] = _compile(plan, sign, has_bias)
+        return program
+    except TypeError:  # an unhashable user rule
+        return _compile(plan, sign, has_bias)
+
+
 def lrp_backward(
     plan: _Plan, op: _LinearOp, x: Tensor, y: Tensor, weight: Tensor, bias: Tensor | None,
     grad: Tensor,
@@ -688,11 +737,7 @@ def lrp_backward(
     # nothing records this backward and no transform batches it: reuse buffers in place
     inplace = (not torch.is_grad_enabled() and not torch.compiler.is_compiling()
                and not any(_is_batched(t) for t in (x, y, grad)))
-    sign = _input_sign(x) if plan.splits_sign else None
-    tables = _coefficients(plan, sign, bias is not None)
-    _rewrite_negative(tables)
-    _cancel_identity_bias(tables)
-    folded = _foldable_biases(tables) if bias is not None else {}
+    program = _program(plan, _input_sign(x) if plan.splits_sign else None, bias is not None)
     weights: dict[Any, Tensor] = {}
 
     def weight_of(primitive: Any) -> Tensor:
@@ -710,55 +755,41 @@ def lrp_backward(
     # 1. z of every group from the shared products
     products: dict[tuple[Hashable, Any], Tensor] = {}
     quotients = []
-    for group, (coefficients, biases) in zip(plan.groups, tables, strict=True):
-        items = []
-        for (key, primitive), coefficient in coefficients.items():
-            if coefficient == 0.0:
-                continue
+    for group, (items, bias_items) in zip(plan.groups, program.groups, strict=True):
+        terms = []
+        for key, primitive, coefficient in items:
             if key == "identity" and primitive == "identity":  # f(x; W) = y - b
-                items.append((y, coefficient))
+                terms.append((y, coefficient))
                 continue
             if (key, primitive) not in products:
-                folded_bias = folded.get((key, primitive))
+                folded = program.folded.get((key, primitive))
                 products[key, primitive] = op.forward(
                     input_of(key), weight_of(primitive),
-                    None if folded_bias is None else _apply_param_primitive(
-                        folded_bias, bias, "bias"),
+                    None if folded is None else _apply_param_primitive(folded, bias, "bias"),
                 )
-            items.append((products[key, primitive], coefficient))
-        z = _lincomb(items, inplace)
-        if bias is not None:
-            bias_total = _lincomb(
-                (_apply_param_primitive(primitive, bias, "bias"), c)
-                for primitive, c in biases.items() if primitive not in folded.values()
-            )
-            if bias_total is not None:
-                bias_total = _bias_view(bias_total, op)
-                z = bias_total.expand_as(y) if z is None else z + bias_total
+            terms.append((products[key, primitive], coefficient))
+        z = _lincomb(terms, inplace)
+        if bias_items:
+            bias_total = _bias_view(_lincomb(
+                (_apply_param_primitive(primitive, bias, "bias"), c) for primitive, c in bias_items
+            ), op)
+            owned = z is not None and all(z is not tensor for tensor, _ in terms)
+            z = bias_total.expand_as(y) if z is None else (
+                z.add_(bias_total) if inplace and owned else z + bias_total)
         # 2. divide the incoming relevance by the stabilised denominator
         quotients.append(_gated(plan, group, y, grad, z, inplace))
 
     # 3. one VJP per (input, primitive), with output gradients sum_G weight_G c_G s_G
     relevance = None
-    keys = dict.fromkeys(key for coefficients, _ in tables for key, _ in coefficients)
-    for key in keys:
+    for key, primitives in program.vjps:
         vjp = None
-        primitives = dict.fromkeys(p for coefficients, _ in tables for k, p in coefficients
-                                   if k == key)
-        for primitive in primitives:
-            output_grad = _lincomb(
-                ((quotient, group.weight * coefficients.get((key, primitive), 0.0))
-                 for group, quotient, (coefficients, _) in zip(
-                     plan.groups, quotients, tables, strict=True
-                 )),
-                inplace,
-            )
-            if output_grad is not None:
-                term = op.input_vjp(output_grad, weight_of(primitive), x)
-                vjp = term if vjp is None else (vjp.add_(term) if inplace else vjp + term)
-        # 4. multiply by the (modified) input
+        for primitive, uses in primitives:
+            output_grad = _lincomb(((quotients[index], c) for index, c in uses), inplace)
+            term = op.input_vjp(output_grad, weight_of(primitive), x)
+            vjp = term if vjp is None else (vjp.add_(term) if inplace else vjp + term)
         if vjp is None:
             continue
+        # 4. multiply by the (modified) input
         if key != "ones":
             vjp = vjp.mul_(input_of(key)) if inplace else input_of(key) * vjp
         relevance = vjp if relevance is None else (
