@@ -51,6 +51,7 @@ __all__ = [
     "build_composite",
     "collect_samples",
     "demo_samples",
+    "dilate_mask",
     "input_options",
     "load_model",
     "main",
@@ -104,6 +105,8 @@ _AUTO_CANONIZERS: dict[str, tuple[str, ...]] = {
     "mobilenet_v2": ("MobileNetV2Canonizer", "MobileNetCanonizer"),
     "mobilenet_v3": ("MobileNetV3Canonizer", "MobileNetCanonizer"),
 }
+#: ``fraction_near_mask`` counts relevance within this many pixels of the object mask.
+NEAR_MASK_PIXELS = 2
 _SUMMARY_FILE = "summary.json"
 _TOOL_TAG = "funcattr explain"
 
@@ -429,14 +432,24 @@ def load_model(
             )
         import torchvision.models
 
+        state = _read_state_dict(weight_path) if weight_path is not None else None
+        kwargs = {}
+        if state is not None:  # a fine-tuned model: the last layer gives the number of classes
+            classes = next(reversed(state.values())).shape[:1]
+            if len(classes) == 1 and classes[0] != 1000:
+                kwargs["num_classes"] = int(classes[0])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            model = torchvision.models.get_model(name, weights=None)
+            try:
+                model = torchvision.models.get_model(name, weights=None, **kwargs)
+            except (TypeError, ValueError):  # an architecture without num_classes
+                model = torchvision.models.get_model(name, weights=None)
         family, torchvision_model = _family(name), True
         default_size, default_norm = 224, "imagenet"
     model = model.to(dtype=torch.float32)
     if weight_path is not None:
-        _fit_weights(model, _read_state_dict(weight_path), weight_path, name)
+        state = state if torchvision_model else _read_state_dict(weight_path)
+        _fit_weights(model, state, weight_path, name)
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)
@@ -574,7 +587,6 @@ def collect_samples(
                 )
             files += found
         else:
-            _check_image_file(path)
             files.append(path)
     samples: list[Sample] = []
     seen_files: set[Path] = set()
@@ -582,6 +594,7 @@ def collect_samples(
     for path in files:
         if path.resolve() in seen_files:
             continue
+        _check_image_file(path)
         seen_files.add(path.resolve())
         stem = base = _safe_stem(path.stem)
         counter = 2
@@ -838,14 +851,29 @@ def normalize_relevance(relevance: np.ndarray, mode: str = "symmetric") -> np.nd
     )
 
 
-def positive_fraction_in_mask(relevance: np.ndarray, mask: np.ndarray) -> float:
+def dilate_mask(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """Grow a boolean ``(H, W)`` mask by ``pixels`` in every direction (3x3 steps)."""
+    grown = np.asarray(mask, bool)
+    for _ in range(pixels):
+        padded = np.pad(grown, 1)
+        height, width = grown.shape
+        grown = np.zeros_like(grown)
+        for dy in range(3):
+            for dx in range(3):
+                grown |= padded[dy:dy + height, dx:dx + width]
+    return grown
+
+
+def positive_fraction_in_mask(relevance: np.ndarray, mask: np.ndarray, dilate: int = 0) -> float:
     """Fraction of the positive relevance (channels summed) that lies inside ``mask``.
 
-    NaN if there is no positive relevance.
+    With ``dilate``, inside the mask grown by that many pixels (relevance of edge detectors
+    straddles the object's boundary). NaN if there is no positive relevance.
     """
     positive = np.clip(np.asarray(relevance, dtype=np.float64), 0, None)
     total = positive.sum()
-    return float("nan") if total == 0 else float(positive[np.asarray(mask, bool)].sum() / total)
+    region = dilate_mask(mask, dilate) if dilate else np.asarray(mask, bool)
+    return float("nan") if total == 0 else float(positive[region].sum() / total)
 
 
 _COLORBAR_LABELS = {
@@ -1060,7 +1088,7 @@ def input_options(function: Callable) -> Callable:
 # The command
 # --------------------------------------------------------------------------------------------
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(name="funcattr", context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="funcattr", prog_name="funcattr")
 def main() -> None:
     """Explain image classifiers with LRP, gradients, SmoothGrad, Integrated Gradients and
@@ -1107,7 +1135,7 @@ def main() -> None:
 @click.option("--relevance-format", type=click.Choice(["npz", "npy", "none"]), default="npz",
               show_default=True, help="Raw relevance: one relevance.npz, relevance/NAME.npy "
                                       "per image, or none.")
-@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--output", "-o", type=click.Path(path_type=Path),
               default=Path("funcattr-output"), show_default=True, help="Output folder.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @click.pass_context
@@ -1224,10 +1252,14 @@ def run_explain(ctx: click.Context, **options: Any) -> dict:
             "images": records,
             "seconds": round(time.perf_counter() - started, 3),
         }
-        fractions = [t["fraction_in_mask"] for r in records for t in r["targets"]
-                     if t.get("fraction_in_mask") is not None]
+        fractions = [r["targets"][0]["fraction_in_mask"] for r in records
+                     if r["targets"][0]["fraction_in_mask"] is not None]
         if fractions:
             summary["mean_fraction_in_mask"] = float(np.mean(fractions))
+            summary["mean_fraction_near_mask"] = float(np.mean(
+                [r["targets"][0]["fraction_near_mask"] for r in records
+                 if r["targets"][0]["fraction_near_mask"] is not None]
+            ))
             summary["mean_mask_area"] = float(np.mean(
                 [r["mask_area"] for r in records if r.get("mask_area") is not None]
             ))
@@ -1380,14 +1412,16 @@ def _record_one(sample, image, mask, relevance, chosen, logits, probabilities, l
                                 level=options["level"]))
         file = f"heatmaps/{_heatmap_name(sample.name, rank, count)}"
         staging.path(file).write_bytes(png)
-        fraction = positive_fraction_in_mask(summed, mask_np) if mask_np is not None else None
-        if fraction is not None and np.isnan(fraction):
-            fraction = None
+        fraction = near = None
+        if mask_np is not None:
+            fraction = positive_fraction_in_mask(summed, mask_np)
+            near = positive_fraction_in_mask(summed, mask_np, dilate=NEAR_MASK_PIXELS)
+            fraction, near = (None, None) if np.isnan(fraction) else (fraction, near)
         record["targets"].append({
             "index": int(index), "class": loaded.class_name(int(index)),
             "probability": float(probabilities[index]), "logit": float(logits[index]),
             "relevance_sum": float(summed.sum()), "fraction_in_mask": fraction,
-            "heatmap": file,
+            "fraction_near_mask": near, "heatmap": file,
         })
         heatmaps.append(HeatmapEntry(
             label=f"{loaded.class_name(int(index))}", score=float(probabilities[index]),
@@ -1436,8 +1470,9 @@ def _print_summary(summary: dict, output_dir: Path, relevance_format: str) -> No
         click.echo(line)
     if "mean_fraction_in_mask" in summary:
         click.echo(
-            f"  mean positive relevance in mask: {summary['mean_fraction_in_mask']:.3f} "
-            f"(mean mask area {summary['mean_mask_area']:.3f})"
+            f"  mean positive relevance in mask: {summary['mean_fraction_in_mask']:.3f}, within "
+            f"{NEAR_MASK_PIXELS} px of it: {summary['mean_fraction_near_mask']:.3f} (mean mask "
+            f"area {summary['mean_mask_area']:.3f})"
         )
     raw = {"npz": "relevance.npz", "npy": "relevance/*.npy", "none": None}[relevance_format]
     wrote = ["heatmaps/", "inputs/", *([raw] if raw else []), _SUMMARY_FILE]

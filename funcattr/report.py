@@ -40,12 +40,14 @@ div.colorbar { display: flex; align-items: center; gap: 0.5em; font-size: 0.85em
 div.colorbar img { border: 1px solid #ccc; }
 div.samples { display: flex; flex-wrap: wrap; gap: 1em; }
 section.sample { border: 1px solid #ddd; border-radius: 6px; padding: 0.6em; }
-section.sample h2 { font-size: 1em; margin: 0 0 0.4em 0; font-weight: 600; }
+section.sample h2 { font-size: 1em; margin: 0 0 0.4em 0; font-weight: 600;
+       contain: inline-size; overflow-wrap: anywhere; }
 div.images { display: flex; gap: 0.5em; align-items: flex-start; }
 figure { margin: 0; }
-figcaption { font-size: 0.8em; color: #444; max-width: 14em; overflow-wrap: anywhere; }
+figcaption { font-size: 0.8em; color: #444; contain: inline-size; overflow-wrap: anywhere; }
 img { image-rendering: pixelated; display: block; }
-p.details { font-size: 0.8em; color: #444; margin: 0.4em 0 0 0; }
+p.details { font-size: 0.8em; color: #444; margin: 0.4em 0 0 0; contain: inline-size;
+       overflow-wrap: anywhere; }
 """
 
 
@@ -179,12 +181,13 @@ def render_report(
 
     count = sum(len(entry.heatmaps) for entry in entries)
     overview = f"{len(entries)} images, {count} heatmaps."
-    fractions = [h.fraction_in_mask for e in entries for h in e.heatmaps
-                 if h.fraction_in_mask is not None]
+    fractions = [e.heatmaps[0].fraction_in_mask for e in entries
+                 if e.heatmaps and e.heatmaps[0].fraction_in_mask is not None]
     areas = [e.mask_area for e in entries if e.mask_area is not None]
     if fractions:
         overview += (
-            f" Mean fraction of positive relevance inside the object mask: "
+            f" Mean fraction of positive relevance inside the object mask (first heatmap of "
+            f"each image): "
             f"{sum(fractions) / len(fractions):.3f} (mean mask area "
             f"{sum(areas) / max(1, len(areas)):.3f})."
         )
