@@ -140,6 +140,20 @@ def test_chunking_and_seed_repeatability():
     torch.testing.assert_close(whole.curves["morf"][:, 0], model(x)[torch.arange(3), [0, 1, 2]])
 
 
+def test_shared_steps_are_computed_once():
+    x = torch.rand(2, 3, 4, 4)
+    attribution = torch.randn(2, 3, 4, 4)
+    recorder = Recorder()
+    result = pixel_flipping(recorder, x, 0, attribution, params={}, patch_size=2,
+                            orders=("morf", "lerf", "random"))
+    # unperturbed once, 3 inner steps per order, everything removed once: (1 + 9 + 1) x 2
+    assert sum(len(batch) for batch in recorder.inputs) == 22
+    for order in ("lerf", "random"):
+        torch.testing.assert_close(result.curves[order][:, [0, -1]],
+                                   result.curves["morf"][:, [0, -1]])
+    assert not torch.equal(result.curves["lerf"], result.curves["morf"])
+
+
 def test_region_perturbation_is_pixel_flipping_with_patches():
     x = torch.rand(2, 3, 8, 8)
     attribution = torch.randn(2, 3, 8, 8)

@@ -155,7 +155,7 @@ def chunks(total: int, chunk_size: int | None) -> Iterator[slice]:
 
 def class_scores(fn: Callable, params: Params, x: Tensor, target: Tensor, softmax: bool) -> Tensor:
     """``fn(params, x)[i, target[i]]`` (optionally of the softmax), without autograd."""
-    with torch.no_grad():
+    with torch.inference_mode():
         output = fn(params, x)
         if output.ndim != 2:
             raise ValueError(
@@ -189,6 +189,14 @@ def chunked_scores(fn: Callable, params: Params, total: int,
 def image_view(x: Tensor) -> Tensor:
     """``(batch, channels, *spatial)`` view; ``(batch, features)`` becomes ``(batch, 1, F)``."""
     return x[:, None] if x.ndim == 2 else x
+
+
+def fast_layout(view: Tensor) -> Tensor:
+    """Images in channels-last memory order on CPU (same values; oneDNN convolutions run
+    faster on it), so the perturbed copies built from them inherit that layout."""
+    if view.ndim == 4 and view.device.type == "cpu":
+        return view.contiguous(memory_format=torch.channels_last)
+    return view
 
 
 def pool_attribution(attribution: Any, x: Tensor, owner: str,

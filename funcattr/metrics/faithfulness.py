@@ -31,6 +31,7 @@ from funcattr.metrics._common import (
     check_target,
     chunked_scores,
     class_scores,
+    fast_layout,
     fill_tensor,
     image_view,
     make_generator,
@@ -254,19 +255,33 @@ def pixel_flipping(
     counts = _step_counts(regions, regions_per_step, n_steps).to(x.device)
     points = counts.numel()
 
+    # Column 0 (nothing removed) is shared by every order, and so is a last step that
+    # removes everything; each is computed once.
+    reference = class_scores(fn, params, x, target, softmax)
+    last_shared = bool(counts[-1] == regions) and points > 1
+    steps = counts[1:-1] if last_shared else counts[1:]
+    fast = fast_layout(view)
     curves = {}
+    shared_last = None
     for order, rank in ranks.items():
         rank_at = rank[:, locations]  # (batch, locations): rank of each location's region
+        run = steps if shared_last is not None or not last_shared else counts[1:]
 
-        def make(indices: Tensor, rank_at: Tensor = rank_at) -> tuple[Tensor, Tensor]:
+        def make(indices: Tensor, rank_at: Tensor = rank_at, run: Tensor = run):
             step, sample = indices // batch, indices % batch
-            removed = rank_at[sample] < counts[step][:, None]
+            removed = rank_at[sample] < run[step][:, None]
             removed = removed.view(-1, 1, *spatial)
-            inputs = torch.where(removed, select_fill(fill_values, sample), view[sample])
+            inputs = torch.where(removed, select_fill(fill_values, sample), fast[sample])
             return to_input_shape(inputs, x), target[sample]
 
-        scores = chunked_scores(fn, params, points * batch, make, chunk_size, softmax)
-        curves[order] = scores.view(points, batch).T.contiguous()
+        scores = chunked_scores(fn, params, run.numel() * batch, make, chunk_size, softmax)
+        scores = scores.view(run.numel(), batch).T
+        if last_shared:
+            if shared_last is None:
+                shared_last = scores[:, -1:]
+            else:
+                scores = torch.cat([scores, shared_last], dim=1)
+        curves[order] = torch.cat([reference[:, None], scores], dim=1).contiguous()
     return PerturbationCurves(curves, counts, regions, patch_size, orders)
 
 
@@ -354,6 +369,7 @@ def sensitivity_n(
     relevance = region_relevance(pooled, locations, regions)
     fill_values = fill_tensor(fill, x, generator, owner)
     reference = class_scores(fn, params, x, target, softmax)
+    fast = fast_layout(view)
     result = torch.empty(batch, len(ns), dtype=x.dtype, device=x.device)
     for column, n in enumerate(ns):
         masks = _subset_masks(batch, n_subsets, regions, n, generator).to(x.device)
@@ -361,7 +377,7 @@ def sensitivity_n(
         def make(indices: Tensor, masks: Tensor = masks) -> tuple[Tensor, Tensor]:
             sample, subset = indices // n_subsets, indices % n_subsets
             removed = masks[sample, subset][:, locations].view(-1, 1, *spatial)
-            inputs = torch.where(removed, select_fill(fill_values, sample), view[sample])
+            inputs = torch.where(removed, select_fill(fill_values, sample), fast[sample])
             return to_input_shape(inputs, x), target[sample]
 
         scores = chunked_scores(fn, params, batch * n_subsets, make, chunk_size, softmax)
