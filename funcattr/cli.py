@@ -26,6 +26,7 @@ import re
 import shutil
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -35,7 +36,7 @@ import click
 import numpy as np
 import torch
 from click.core import ParameterSource
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor, nn
 
 from funcattr.image import imgify
@@ -646,18 +647,23 @@ def _resize_crop(image: Image.Image, size: int, resize: int, resample: int) -> I
 
 
 def load_sample(sample: Sample, size: int, resize: int) -> tuple[Tensor, Tensor | None]:
-    """The image as a ``float32`` tensor ``[3, size, size]`` in ``[0, 1]``, and its mask."""
-    image = _resize_crop(_open(sample.image, sample.source).convert("RGB"), size, resize,
-                         Image.Resampling.BILINEAR)
+    """The image as a ``float32`` tensor ``[3, size, size]`` in ``[0, 1]``, and its mask.
+
+    The image is turned upright (EXIF orientation), converted to RGB, resized so that its
+    shorter side is ``resize`` (bilinear) and centre-cropped to ``size``; the mask likewise
+    (nearest neighbour), ``True`` where it is brighter than 127.
+    """
+    original = ImageOps.exif_transpose(_open(sample.image, sample.source))
+    image = _resize_crop(original.convert("RGB"), size, resize, Image.Resampling.BILINEAR)
     pixels = torch.from_numpy(np.array(image, dtype=np.uint8))
     tensor = pixels.permute(2, 0, 1).to(torch.float32) / 255.0
     mask = None
     if sample.mask is not None:
         mask_image = _open(sample.mask, f"mask of {sample.source}").convert("L")
-        if mask_image.size != _open(sample.image, sample.source).size:
+        if mask_image.size != original.size:
             raise click.ClickException(
                 f"{sample.source}: its mask has size {mask_image.size}, the image "
-                f"{_open(sample.image, sample.source).size}."
+                f"{original.size}. Give the mask the size of the image."
             )
         mask_image = _resize_crop(mask_image, size, resize, Image.Resampling.NEAREST)
         mask = torch.from_numpy(np.array(mask_image) > 127)
@@ -1494,14 +1500,22 @@ def list_command(what: str | None) -> None:
     from funcattr.composites import COMPOSITES
     from funcattr.image import CMAPS
 
+    def first_line(obj: object) -> str:
+        lines = (obj.__doc__ or "").strip().splitlines()
+        text = lines[0] if lines else ""
+        return re.sub(r":\w+:`~?([^`]+)`", r"\1", text).replace("``", "")
+
+    def wrapped(text: str) -> None:
+        click.echo(textwrap.fill(text, width=100, initial_indent="  ",
+                                 subsequent_indent="    "))
+
     sections = [what] if what else list(_LIST_WHAT)
     for section in sections:
         if len(sections) > 1:
             click.echo(f"{section}:")
         if section == "composites":
             for name, cls in COMPOSITES.items():
-                doc = (cls.__doc__ or "").strip().splitlines()
-                click.echo(f"  {name:<28} {doc[0] if doc else ''}")
+                click.echo(f"  {name:<28} {first_line(cls)}")
         elif section == "attributors":
             for name, text in ATTRIBUTORS.items():
                 click.echo(f"  {name:<28} {text}")
@@ -1510,18 +1524,17 @@ def list_command(what: str | None) -> None:
             if not found:
                 click.echo("  (none available)")
             for name, cls in found.items():
-                doc = (cls.__doc__ or "").strip().splitlines()
-                click.echo(f"  {name:<28} {doc[0] if doc else ''}")
+                click.echo(f"  {name:<28} {first_line(cls)}")
             automatic = ", ".join(f"{family}*: {' or '.join(options)}"
                                   for family, options in _AUTO_CANONIZERS.items())
-            click.echo(f"  (--canonizer auto picks by architecture; {automatic})")
+            wrapped(f"(--canonizer auto picks by architecture, if available: {automatic})")
         elif section == "cmaps":
             for name in CMAPS:
                 click.echo(f"  {name:<28} {CMAPS[name].source}")
             click.echo("  (or a colour-map spec such as '00f,80:fff,f00')")
         elif section == "models":
             click.echo(f"  {'demo':<28} the built-in shape classifier (default)")
-            click.echo("  torchvision (with --weights FILE): " + ", ".join(_torchvision_names()))
+            wrapped("torchvision (with --weights FILE): " + ", ".join(_torchvision_names()))
             click.echo("  or MODULE:FACTORY / FILE.py:FACTORY returning a torch.nn.Module")
         if len(sections) > 1 and section != sections[-1]:
             click.echo()
