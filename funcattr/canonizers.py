@@ -4,16 +4,45 @@ A canonizer never touches the model it is given. :meth:`Canonizer.apply` returns
 model view* (a shallow copy of the module tree with some modules replaced) and a *parameter
 transform*, a pure function from the model's params dict to the view's params dict, applied
 on every call of the functionalized model so that gradients flow to the original params.
+
+Modules a canonizer does not change are shared between the model and its view (and are never
+mutated); changed modules are shallow copies with their own registries; new tensors (merged
+weights) are computed from the params on every call. Canonizing twice gives the same view
+and params as canonizing once: a merged batch norm is an ``nn.Identity`` in the view, and
+nothing is left to merge.
+
+Zennit's canonizers are here under Zennit's names and arguments: :class:`MergeBatchNorm`,
+:class:`SequentialMergeBatchNorm`, :class:`NamedMergeBatchNorm`, :class:`AttributeCanonizer`
+and :class:`CompositeCanonizer`. :class:`TracedMergeBatchNorm` finds the pairs to merge in
+the model's real data flow (``torch.fx``) instead of in the order of its children.
 """
 
 from __future__ import annotations
 
+import copy
+import types as pytypes
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 
-__all__ = ["Canonizer", "CompositeCanonizer", "ParamTransform", "identity_transform"]
+from funcattr import types
+
+__all__ = [
+    "AttributeCanonizer",
+    "Canonizer",
+    "CompositeCanonizer",
+    "MergeBatchNorm",
+    "NamedMergeBatchNorm",
+    "ParamTransform",
+    "SequentialMergeBatchNorm",
+    "TracedMergeBatchNorm",
+    "ViewBuilder",
+    "identity_transform",
+]
 
 ParamTransform = Callable[[Mapping[str, Tensor]], dict[str, Tensor]]
 
@@ -24,7 +53,12 @@ def identity_transform(params: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 class Canonizer(ABC):
-    """Base of all canonizers: ``apply(model) -> (model view, parameter transform)``."""
+    """Base of all canonizers: ``apply(model) -> (model view, parameter transform)``.
+
+    ``canonizer(model, params)`` returns ``(view, view_params)``; the inputs are unchanged, and
+    ``torch.func.functional_call(view, view_params, input)`` equals ``model(input)`` (for a
+    model in eval mode).
+    """
 
     @abstractmethod
     def apply(self, model: nn.Module) -> tuple[nn.Module, ParamTransform]:
@@ -39,7 +73,13 @@ class Canonizer(ABC):
 
 
 class CompositeCanonizer(Canonizer):
-    """Apply several canonizers in order; their parameter transforms compose."""
+    """Apply several canonizers in order; their parameter transforms compose.
+
+    Examples
+    --------
+    >>> CompositeCanonizer([SequentialMergeBatchNorm()])
+    CompositeCanonizer([SequentialMergeBatchNorm()])
+    """
 
     def __init__(self, canonizers: Sequence[Canonizer]) -> None:
         self.canonizers = tuple(canonizers)
@@ -63,5 +103,680 @@ class CompositeCanonizer(Canonizer):
 
         return model, transform
 
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self.canonizers == other.canonizers
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.canonizers))
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({list(self.canonizers)!r})"
+
+
+# --------------------------------------------------------------------------------------------
+# Building a view: copy-on-write modules plus a params transform
+# --------------------------------------------------------------------------------------------
+
+Slot = tuple[int, str]  # (id of a module of the input model, attribute name)
+
+
+def _keyed(module: nn.Module) -> dict[str, Tensor]:
+    """Parameters and buffers keyed like ``named_parameters()`` / ``named_buffers()``."""
+    tensors = dict(module.named_parameters())
+    tensors.update(module.named_buffers())
+    return tensors
+
+
+@dataclass(frozen=True)
+class _Step:
+    fn: Callable[..., tuple[Tensor, ...]]
+    inputs: tuple[Slot, ...]
+    outputs: tuple[Slot, ...]
+
+
+class ViewBuilder:
+    """Copy-on-write construction of a model view and its parameter transform.
+
+    Canonizers describe their rewrite with :meth:`edit` (a private shallow copy of a module to
+    change), :meth:`replace` (another module in a module's place) and :meth:`derive` (new
+    tensors of an edited module, computed from tensors of the model by a pure function);
+    :meth:`build` returns the view and the transform. Unchanged modules are shared with the
+    model; no module of the model is ever written to.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model (or an earlier canonizer's view) to rewrite.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._copies: dict[int, nn.Module] = {}
+        self._replaced: dict[int, nn.Module] = {}
+        self._steps: list[_Step] = []
+        self._values: dict[Slot, Tensor | None] = {}  # the current value of each derived slot
+        self._derived: dict[Slot, Tensor] = {}  # slot -> the tensor placed in the view
+
+    def edit(self, module: nn.Module) -> nn.Module:
+        """The view's own shallow copy of ``module`` (the same copy on every call)."""
+        if id(module) in self._replaced:
+            raise ValueError(f"ViewBuilder.edit(module={type(module).__name__}): the module was "
+                             f"replaced already; edit it before replacing it.")
+        if id(module) not in self._copies:
+            new = copy.copy(module)
+            state = new.__dict__
+            state["_parameters"] = dict(module._parameters)
+            state["_buffers"] = dict(module._buffers)
+            state["_non_persistent_buffers_set"] = set(module._non_persistent_buffers_set)
+            state["_modules"] = dict(module._modules)
+            for key, value in list(state.items()):  # instance methods follow the copy
+                if isinstance(value, pytypes.MethodType) and value.__self__ is module:
+                    state[key] = pytypes.MethodType(value.__func__, new)
+            self._copies[id(module)] = new
+        return self._copies[id(module)]
+
+    def replace(self, module: nn.Module, new: nn.Module) -> None:
+        """Put ``new`` wherever ``module`` occurs in the view."""
+        self._replaced[id(module)] = new
+
+    def read(self, module: nn.Module, name: str) -> Tensor | None:
+        """The current value of ``module.<name>`` in the view being built (detached)."""
+        slot = (id(module), name)
+        if slot in self._values:
+            return self._values[slot]
+        value = getattr(module, name, None)
+        return value.detach() if isinstance(value, Tensor) else None
+
+    def derive(self, fn: Callable[..., tuple[Tensor, ...]],
+               inputs: Sequence[tuple[nn.Module, str]],
+               outputs: Sequence[tuple[nn.Module, str]]) -> None:
+        """Give the edited ``outputs`` (module, attribute) the values ``fn(*inputs)``.
+
+        ``fn`` must be a pure, differentiable function of tensors (``None`` for an input the
+        module lacks). It runs now on the model's tensors (for the view's own values) and on
+        every call of the transform, on the params passed to it.
+        """
+        with torch.no_grad():
+            values = fn(*(self.read(module, name) for module, name in inputs))
+        for (module, name), value in zip(outputs, values, strict=True):
+            target = self.edit(module)
+            original = getattr(module, name, None)
+            if name in module._buffers:
+                target._buffers[name] = value
+            else:
+                requires_grad = original.requires_grad if isinstance(original, Tensor) else True
+                value = nn.Parameter(value, requires_grad=requires_grad)
+                target._parameters[name] = value
+            self._values[(id(module), name)] = value.detach()
+            self._derived[(id(module), name)] = value
+        self._steps.append(_Step(
+            fn,
+            tuple((id(module), name) for module, name in inputs),
+            tuple((id(module), name) for module, name in outputs),
+        ))
+
+    def _rebuild(self, module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
+        if id(module) in memo:
+            return memo[id(module)]
+        if id(module) in self._replaced:
+            memo[id(module)] = self._replaced[id(module)]
+            return memo[id(module)]
+        own = self._copies.get(id(module), module)
+        memo[id(module)] = own  # a module containing itself stays itself
+        children = {
+            name: None if child is None else self._rebuild(child, memo)
+            for name, child in own._modules.items()
+        }
+        if own is module and all(children[k] is v for k, v in module._modules.items()):
+            return module
+        own = self.edit(module)
+        own.__dict__["_modules"] = children
+        memo[id(module)] = own
+        return own
+
+    def build(self) -> tuple[nn.Module, ParamTransform]:
+        """The view and its parameter transform."""
+        if not self._copies and not self._replaced:
+            return self.model, identity_transform
+        view = self._rebuild(self.model, {})
+        model_keys = {id(tensor): key for key, tensor in _keyed(self.model).items()}
+        model_tensors = {}
+        for module in self.model.modules():
+            for name in (*module._parameters, *module._buffers):
+                value = getattr(module, name)
+                model_tensors[(id(module), name)] = value
+        derived = {id(tensor): slot for slot, tensor in self._derived.items()}
+        sources: list[tuple[str, str, Any]] = []
+        for key, tensor in _keyed(view).items():
+            if id(tensor) in derived:
+                sources.append((key, "slot", derived[id(tensor)]))
+            elif id(tensor) in model_keys:
+                sources.append((key, "model", model_keys[id(tensor)]))
+            else:
+                sources.append((key, "const", tensor.detach()))
+        inputs = {}  # slot -> (model key or None, fallback tensor)
+        for step in self._steps:
+            for slot in step.inputs:
+                value = model_tensors.get(slot)
+                key = model_keys.get(id(value)) if value is not None else None
+                inputs[slot] = (key, None if value is None else value.detach())
+        steps = tuple(self._steps)
+        return view, _ViewTransform(steps, tuple(sources), inputs)
+
+
+class _ViewTransform:
+    """The params transform of a view: shared keys renamed, derived tensors recomputed."""
+
+    def __init__(self, steps: tuple[_Step, ...], sources: tuple[tuple[str, str, Any], ...],
+                 inputs: dict[Slot, tuple[str | None, Tensor | None]]) -> None:
+        self.steps = steps
+        self.sources = sources
+        self.inputs = inputs
+
+    def __call__(self, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        values: dict[Slot, Tensor | None] = {}
+
+        def read(slot: Slot) -> Tensor | None:
+            if slot in values:
+                return values[slot]
+            key, fallback = self.inputs[slot]
+            return params[key] if key is not None and key in params else fallback
+
+        for step in self.steps:
+            results = step.fn(*(read(slot) for slot in step.inputs))
+            values.update(zip(step.outputs, results, strict=True))
+        out: dict[str, Tensor] = {}
+        for key, kind, ref in self.sources:
+            if kind == "slot":
+                out[key] = values[ref]
+            elif kind == "model":
+                if ref in params:
+                    out[key] = params[ref]
+            else:
+                out[key] = ref
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Batch-norm merging
+# --------------------------------------------------------------------------------------------
+
+_TRAINING = (
+    "{owner}(model={model}): expected batch norms in eval mode (merging uses their running "
+    "statistics), got {names} in training mode. Call model.eval() before explaining the model."
+)
+
+
+def _bn_scale(weight: Tensor | None, running_var: Tensor, eps: float) -> Tensor:
+    denominator = (running_var + eps) ** 0.5
+    return (torch.ones_like(running_var) if weight is None else weight) / denominator
+
+
+@dataclass(frozen=True)
+class _MergeInto:
+    """Merge a batch norm that follows a linear layer: ``W' = W s``, ``b' = (b - m) s + beta``."""
+
+    transpose: bool
+    groups: int
+    eps: float
+
+    def __call__(self, weight, bias, bn_weight, bn_bias, running_mean, running_var):
+        scale = _bn_scale(bn_weight, running_var, self.eps)
+        if bias is None:
+            bias = torch.zeros_like(running_mean if bn_bias is None else bn_bias)
+        if self.transpose:
+            shape = weight.shape
+            grouped = weight.reshape(self.groups, shape[0] // self.groups, *shape[1:])
+            index = (self.groups, 1, shape[1], *(1,) * (weight.ndim - 2))
+            merged = (grouped * scale.reshape(index)).reshape(shape)
+        else:
+            merged = weight * scale.reshape(-1, *(1,) * (weight.ndim - 1))
+        shifted = (bias - running_mean) * scale
+        return merged, shifted if bn_bias is None else shifted + bn_bias
+
+
+@dataclass(frozen=True)
+class _MergeFrom:
+    """Merge a batch norm that precedes a linear layer: ``W' = W diag(s)``, ``b' = b + W t``."""
+
+    groups: int
+    eps: float
+
+    def __call__(self, weight, bias, bn_weight, bn_bias, running_mean, running_var):
+        scale = _bn_scale(bn_weight, running_var, self.eps)
+        shift = -running_mean * scale
+        if bn_bias is not None:
+            shift = shift + bn_bias
+        shape = weight.shape  # (out, in // groups, *kernel)
+        groups = self.groups
+        grouped = weight.reshape(groups, shape[0] // groups, shape[1], -1)
+        merged = grouped * scale.reshape(groups, 1, shape[1], 1)
+        offset = (grouped * shift.reshape(groups, 1, shape[1], 1)).sum(dim=(2, 3)).reshape(-1)
+        new_bias = offset if bias is None else bias + offset
+        return merged.reshape(shape), new_bias
+
+
+def _channels_out(linear: nn.Module) -> int:
+    if isinstance(linear, nn.Linear):
+        return linear.out_features
+    return linear.out_channels
+
+
+def _channels_in(linear: nn.Module) -> int:
+    if isinstance(linear, nn.Linear):
+        return linear.in_features
+    return linear.in_channels
+
+
+def _bn_features(bn: nn.Module) -> int:
+    return bn.running_mean.shape[0] if isinstance(bn.running_mean, Tensor) else -1
+
+
+def _bn_inputs(bn: nn.Module) -> list[tuple[nn.Module, str]]:
+    return [(bn, name) for name in ("weight", "bias", "running_mean", "running_var")]
+
+
+def _describe(module: nn.Module) -> str:
+    return type(module).__name__
+
+
+@dataclass(frozen=True)
+class MergeBatchNorm(Canonizer):
+    """Abstract: merge batch norms into the linear layers before them (Zennit's name).
+
+    For a batch norm with ``scale = weight / sqrt(running_var + eps)``, each linear layer it
+    follows gets ``W' = W * scale`` along its output channels (dimension 1 of a transposed
+    convolution's weight, per group) and ``b' = (b - running_mean) * scale + bias`` (a missing
+    bias counts as zero); the batch norm becomes an ``nn.Identity`` in the view. Merged
+    weights are recomputed from the params on every call, so gradients reach the original
+    weights and batch-norm statistics. The model must be in eval mode. Returns a new model
+    view and params; the inputs are unchanged.
+
+    Subclasses say which pairs to merge by implementing :meth:`pairs`.
+    """
+
+    linear_type: ClassVar[tuple[type, ...]] = (types.Linear,)
+    batch_norm_type: ClassVar[tuple[type, ...]] = (types.BatchNorm,)
+
+    @abstractmethod
+    def pairs(self, model: nn.Module) -> list[tuple[tuple[str, ...], str]]:
+        """The ``(linear layer names, batch-norm name)`` pairs to merge in ``model``."""
+
+    def apply(self, model: nn.Module) -> tuple[nn.Module, ParamTransform]:
+        pairs = self.pairs(model)
+        modules = dict(model.named_modules(remove_duplicate=False))
+        self._check(model, modules, pairs)
+        builder = ViewBuilder(model)
+        for linear_names, bn_name in pairs:
+            bn = modules[bn_name]
+            for name in linear_names:
+                self._merge_into(builder, modules[name], bn)
+            builder.replace(bn, nn.Identity())
+        return builder.build()
+
+    @staticmethod
+    def _merge_into(builder: ViewBuilder, linear: nn.Module, bn: nn.Module) -> None:
+        transpose = isinstance(linear, types.ConvolutionTranspose)
+        fn = _MergeInto(transpose, getattr(linear, "groups", 1), float(bn.eps))
+        builder.derive(fn, [(linear, "weight"), (linear, "bias"), *_bn_inputs(bn)],
+                       [(linear, "weight"), (linear, "bias")])
+
+    def _owner(self) -> str:
+        return f"{type(self).__name__}.apply"
+
+    def _check(self, model: nn.Module, modules: dict[str, nn.Module],
+               pairs: list[tuple[tuple[str, ...], str]]) -> None:
+        """Report every problem of ``pairs`` at once."""
+        training = sorted({bn for _, bn in pairs if modules[bn].training})
+        if training:
+            raise ValueError(_TRAINING.format(owner=self._owner(), model=_describe(model),
+                                              names=", ".join(repr(n) for n in training)))
+        problems = []
+        for linear_names, bn_name in pairs:
+            bn = modules[bn_name]
+            if not isinstance(bn.running_mean, Tensor) or not isinstance(bn.running_var, Tensor):
+                problems.append(f"{bn_name!r} keeps no running statistics "
+                                f"(track_running_stats=False)")
+            for name in linear_names:
+                linear = modules[name]
+                if _channels_out(linear) != _bn_features(bn):
+                    problems.append(
+                        f"{name!r} ({type(linear).__name__}) has {_channels_out(linear)} output "
+                        f"channels but {bn_name!r} normalises {_bn_features(bn)}"
+                    )
+        if problems:
+            raise ValueError(
+                f"{self._owner()}(model={_describe(model)}): expected mergeable (linear layer, "
+                f"batch norm) pairs, got: {'; '.join(problems)}. The model's children are "
+                f"probably not registered in forward order; use TracedMergeBatchNorm() or "
+                f"NamedMergeBatchNorm(name_map) for this model."
+            )
+
+
+def _named_leaves(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
+    """Leaves in depth-first, registration order (Zennit's ``collect_leaves``), with names."""
+    children = list(module.named_children())
+    if not children:
+        yield prefix, module
+    for name, child in children:
+        yield from _named_leaves(child, f"{prefix}.{name}" if prefix else name)
+
+
+@dataclass(frozen=True)
+class SequentialMergeBatchNorm(MergeBatchNorm):
+    """Merge every batch norm that directly follows a linear layer in *registration order*.
+
+    Zennit's semantics: the model's leaf modules are walked depth-first in the order in which
+    they were registered; a batch norm whose previous leaf is a linear layer (dense or any
+    convolution) is merged into it. Anything registered between them (an activation module)
+    blocks the merge; operations in ``forward`` are invisible. Use
+    :class:`TracedMergeBatchNorm` where registration order is not the data flow. Returns a
+    new model view and params; the inputs are unchanged.
+
+    Examples
+    --------
+    >>> SequentialMergeBatchNorm()
+    SequentialMergeBatchNorm()
+    """
+
+    def pairs(self, model: nn.Module) -> list[tuple[tuple[str, ...], str]]:
+        found = []
+        previous: tuple[str, nn.Module] | None = None
+        for name, leaf in _named_leaves(model):
+            if (previous is not None and isinstance(previous[1], self.linear_type)
+                    and isinstance(leaf, self.batch_norm_type)):
+                found.append(((previous[0],), name))
+            previous = (name, leaf)
+        return found
+
+
+@dataclass(frozen=True)
+class NamedMergeBatchNorm(MergeBatchNorm):
+    """Merge batch norms into linear layers given by name.
+
+    Parameters
+    ----------
+    name_map : sequence of (sequence of str, str)
+        ``[([linear names...], batch-norm name), ...]``, names as in ``model.named_modules()``
+        (the format of Zennit's ``share/merge_maps``, e.g. ``[(["features.0"], "features.1")]``).
+
+    Examples
+    --------
+    >>> NamedMergeBatchNorm([(["features.0"], "features.1")])
+    NamedMergeBatchNorm(name_map=((('features.0',), 'features.1'),))
+    """
+
+    name_map: Any = ()
+
+    def __post_init__(self) -> None:
+        try:
+            entries = tuple(
+                ((linears,) if isinstance(linears, str) else tuple(linears), bn)
+                for linears, bn in self.name_map
+            )
+        except (TypeError, ValueError) as error:
+            raise TypeError(
+                f"NamedMergeBatchNorm(name_map={self.name_map!r}): expected a sequence of "
+                f"([linear names...], batch-norm name) pairs. Write e.g. "
+                f"name_map=[(['features.0'], 'features.1')]."
+            ) from error
+        bad = [entry for entry in entries
+               if not isinstance(entry[1], str) or not all(isinstance(n, str) for n in entry[0])]
+        if bad:
+            raise TypeError(
+                f"NamedMergeBatchNorm(name_map={self.name_map!r}): expected module names "
+                f"(str), got {bad[0]!r}. Write e.g. name_map=[(['features.0'], 'features.1')]."
+            )
+        object.__setattr__(self, "name_map", entries)
+
+    def pairs(self, model: nn.Module) -> list[tuple[tuple[str, ...], str]]:
+        import difflib
+
+        modules = dict(model.named_modules(remove_duplicate=False))
+        problems = []
+        for linears, bn in self.name_map:
+            for name, kind, label in [*((n, self.linear_type, "a linear layer") for n in linears),
+                                      (bn, self.batch_norm_type, "a batch norm")]:
+                if name not in modules:
+                    close = difflib.get_close_matches(name, list(modules), n=3)
+                    hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+                    problems.append(f"{name!r} is not a module of the model{hint}")
+                elif not isinstance(modules[name], kind):
+                    problems.append(f"{name!r} is a {type(modules[name]).__name__}, expected "
+                                    f"{label}")
+        if problems:
+            raise ValueError(
+                f"NamedMergeBatchNorm(name_map=...): expected names of linear layers and batch "
+                f"norms of the model, got: {'; '.join(problems)}. Use names from "
+                f"model.named_modules()."
+            )
+        return list(self.name_map)
+
+
+# --------------------------------------------------------------------------------------------
+# Data-flow merging with torch.fx
+# --------------------------------------------------------------------------------------------
+
+_UNTRACEABLE = (
+    "TracedMergeBatchNorm.apply(model={model}): expected a model that torch.fx can trace "
+    "symbolically, got {error}. Use SequentialMergeBatchNorm() or "
+    "NamedMergeBatchNorm(name_map) for this model, or make its forward traceable (no "
+    "control flow that depends on tensor values)."
+)
+
+
+def _trace(model: nn.Module, linear_type: tuple, batch_norm_type: tuple):
+    import torch.fx
+
+    class _Tracer(torch.fx.Tracer):
+        def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+            if isinstance(module, linear_type + batch_norm_type):
+                return True
+            return super().is_leaf_module(module, qualified_name)
+
+    try:
+        return _Tracer().trace(model)
+    except Exception as error:  # fx raises many kinds; all mean "not traceable"
+        first = (str(error).strip().splitlines() or [""])[0]
+        raise ValueError(_UNTRACEABLE.format(
+            model=_describe(model), error=f"{type(error).__name__}: {first}"
+        )) from error
+
+
+def _zero_padding(module: nn.Module) -> bool:
+    if isinstance(module, nn.Linear):
+        return True
+    padding = module.padding
+    if isinstance(padding, str):
+        return padding == "valid" or all(k == 1 for k in module.kernel_size)
+    return all(p == 0 for p in padding)
+
+
+@dataclass(frozen=True)
+class TracedMergeBatchNorm(MergeBatchNorm):
+    """Merge batch norms along the model's real data flow, found with ``torch.fx``.
+
+    The model is traced symbolically (``torch.fx``; linear layers and batch norms are leaves).
+    A batch norm is merged into the linear layer before it when its only input is that
+    layer's output, the layer's output is used nowhere else, and each module is called once.
+    This is right for any module order, where :class:`SequentialMergeBatchNorm` follows the
+    order of registration (and merges e.g. DenseNet's concatenated features wrongly).
+
+    Parameters
+    ----------
+    following : bool
+        Also merge a batch norm into the linear layer *after* it, where that is exact: the
+        batch norm's output is used only by a dense layer or by a convolution without padding
+        (``W' = W diag(scale)``, ``b' = b + W shift``). A batch norm before a ReLU stays.
+
+    Raises
+    ------
+    ValueError
+        When the model cannot be traced (data-dependent control flow); the message names the
+        fx error and the alternatives.
+
+    Notes
+    -----
+    Tracing runs the model's ``forward`` with proxy values once per :meth:`apply`, i.e. once
+    per ``functionalize``; ``torch.fx`` patches ``torch.nn.Module.__call__`` while it traces,
+    so do not run other models on other threads during that call.
+
+    Examples
+    --------
+    >>> TracedMergeBatchNorm()
+    TracedMergeBatchNorm(following=True)
+    """
+
+    following: bool = True
+
+    def _graph_pairs(self, model: nn.Module):
+        graph = _trace(model, self.linear_type, self.batch_norm_type)
+        modules = dict(model.named_modules())
+        calls: dict[str, int] = {}
+        for node in graph.nodes:
+            if node.op == "call_module":
+                calls[node.target] = calls.get(node.target, 0) + 1
+        before, after = [], []
+        merged_bn = set()
+        for node in graph.nodes:
+            if node.op != "call_module" or not isinstance(modules[node.target],
+                                                          self.batch_norm_type):
+                continue
+            if calls[node.target] != 1 or len(node.args) != 1 or node.kwargs:
+                continue
+            source = node.args[0]
+            if (isinstance(source, torch.fx.Node) and source.op == "call_module"
+                    and isinstance(modules[source.target], self.linear_type)
+                    and calls[source.target] == 1 and len(source.users) == 1):
+                before.append(((source.target,), node.target))
+                merged_bn.add(node.target)
+        if self.following:
+            used = {name for names, _ in before for name in names}
+            for node in graph.nodes:
+                if (node.op != "call_module" or node.target in merged_bn
+                        or not isinstance(modules[node.target], self.batch_norm_type)
+                        or calls[node.target] != 1 or len(node.args) != 1 or node.kwargs
+                        or len(node.users) != 1):
+                    continue
+                (user,) = node.users
+                if user.op != "call_module" or user.args[:1] != (node,) or len(user.args) != 1:
+                    continue
+                linear = modules[user.target]
+                if (not isinstance(linear, self.linear_type)
+                        or isinstance(linear, types.ConvolutionTranspose)
+                        or calls[user.target] != 1 or user.target in used
+                        or not _zero_padding(linear)):
+                    continue
+                after.append(((user.target,), node.target))
+                used.add(user.target)
+        return before, after
+
+    def pairs(self, model: nn.Module) -> list[tuple[tuple[str, ...], str]]:
+        """The pairs ``(linear names, batch-norm name)`` merged into the layer before them."""
+        return self._graph_pairs(model)[0]
+
+    def following_pairs(self, model: nn.Module) -> list[tuple[tuple[str, ...], str]]:
+        """The pairs ``(linear names, batch-norm name)`` merged into the layer after them."""
+        return self._graph_pairs(model)[1] if self.following else []
+
+    def apply(self, model: nn.Module) -> tuple[nn.Module, ParamTransform]:
+        before, after = self._graph_pairs(model)
+        modules = dict(model.named_modules(remove_duplicate=False))
+        self._check(model, modules, before)
+        self._check_following(model, modules, after)
+        builder = ViewBuilder(model)
+        for (linear_name,), bn_name in before:
+            self._merge_into(builder, modules[linear_name], modules[bn_name])
+            builder.replace(modules[bn_name], nn.Identity())
+        for (linear_name,), bn_name in after:
+            linear, bn = modules[linear_name], modules[bn_name]
+            fn = _MergeFrom(getattr(linear, "groups", 1), float(bn.eps))
+            builder.derive(fn, [(linear, "weight"), (linear, "bias"), *_bn_inputs(bn)],
+                           [(linear, "weight"), (linear, "bias")])
+            builder.replace(bn, nn.Identity())
+        return builder.build()
+
+    def _check_following(self, model, modules, pairs) -> None:
+        training = sorted({bn for _, bn in pairs if modules[bn].training})
+        if training:
+            raise ValueError(_TRAINING.format(owner=self._owner(), model=_describe(model),
+                                              names=", ".join(repr(n) for n in training)))
+        problems = [
+            f"{names[0]!r} has {_channels_in(modules[names[0]])} input channels but {bn!r} "
+            f"normalises {_bn_features(modules[bn])}"
+            for names, bn in pairs
+            if _channels_in(modules[names[0]]) != _bn_features(modules[bn])
+            or not isinstance(modules[bn].running_var, Tensor)
+        ]
+        if problems:
+            raise ValueError(
+                f"{self._owner()}(model={_describe(model)}): expected mergeable (batch norm, "
+                f"linear layer) pairs, got: {'; '.join(problems)}. Use "
+                f"TracedMergeBatchNorm(following=False)."
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# Attributes
+# --------------------------------------------------------------------------------------------
+
+AttributeMap = Callable[[str, nn.Module], "dict[str, Any] | None"]
+
+
+@dataclass(frozen=True)
+class AttributeCanonizer(Canonizer):
+    """Give modules new attributes in the view: a new ``forward``, new child modules, ...
+
+    Parameters
+    ----------
+    attribute_map : callable
+        ``attribute_map(name, module) -> dict | None`` is called for every module of the
+        model (``named_modules()`` order); a dict's items are set on the view's copy of that
+        module as ``setattr`` would (a module value becomes a child, appended after the
+        existing ones). A method bound to ``module`` is re-bound to the copy, so Zennit's
+        idiom ``{"forward": forward.__get__(module), "canonizer_sum": Sum()}`` works. Returns a
+        new model view and params; the inputs are unchanged.
+
+    Examples
+    --------
+    >>> def attribute_map(name, module):
+    ...     return {"inplace": False} if isinstance(module, torch.nn.ReLU) else None
+    >>> view, transform = AttributeCanonizer(attribute_map).apply(torch.nn.ReLU(inplace=True))
+    >>> view.inplace
+    False
+    """
+
+    attribute_map: AttributeMap = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if not callable(self.attribute_map):
+            raise TypeError(
+                f"{type(self).__name__}(attribute_map={self.attribute_map!r}): expected a "
+                f"callable (name, module) -> dict | None. Pass e.g. "
+                f"AttributeCanonizer(lambda name, module: {{'inplace': False}} "
+                f"if isinstance(module, torch.nn.ReLU) else None)."
+            )
+
+    def apply(self, model: nn.Module) -> tuple[nn.Module, ParamTransform]:
+        builder = ViewBuilder(model)
+        for name, module in model.named_modules():
+            attributes = self.attribute_map(name, module)
+            if attributes is None:
+                continue
+            if not isinstance(attributes, Mapping):
+                raise TypeError(
+                    f"{type(self).__name__}(attribute_map=...): expected a dict or None from "
+                    f"attribute_map({name!r}, {type(module).__name__}), got "
+                    f"{type(attributes).__name__}."
+                )
+            target = builder.edit(module)
+            for key, value in attributes.items():
+                if isinstance(value, pytypes.MethodType) and value.__self__ is module:
+                    value = pytypes.MethodType(value.__func__, target)
+                if isinstance(value, nn.Module) and key in target._modules:
+                    target._modules[key] = value  # keep the position of a replaced child
+                else:
+                    nn.Module.__setattr__(target, key, value)
+        return builder.build()
