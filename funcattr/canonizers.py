@@ -653,7 +653,7 @@ class TracedMergeBatchNorm(MergeBatchNorm):
                 before.append(((source.target,), node.target))
                 merged_bn.add(node.target)
         if self.following:
-            used = {name for names, _ in before for name in names}
+            used: set[str] = set()
             for node in graph.nodes:
                 if (node.op != "call_module" or node.target in merged_bn
                         or not isinstance(modules[node.target], self.batch_norm_type)
