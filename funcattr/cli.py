@@ -84,6 +84,8 @@ _ATTRIBUTOR_OPTIONS = {
     "noise_level": ("smoothgrad",),
     "window": ("occlusion",),
     "stride": ("occlusion",),
+    "seed": ("smoothgrad",),
+    "chunk_size": ("smoothgrad", "integrads", "occlusion"),
 }
 #: File name suffixes of images found in folders (explicit files may be any image Pillow reads).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -803,12 +805,26 @@ def _call_with(function: Callable, *args, **options) -> tuple[Tensor, Tensor]:
     return function(*args, **accepted)
 
 
+#: ``--chunk-size`` by default bounds one step to about this many input values per channel.
+CHUNK_PIXELS = 1 << 20
+
+
+def auto_chunk_size(input: Tensor) -> int:
+    """Copies of a batch per step so that a step sees about :data:`CHUNK_PIXELS` pixels."""
+    pixels = input.shape[0] * input[0, 0].numel()
+    return max(1, CHUNK_PIXELS // max(1, pixels))
+
+
 def attribute(
     kind: str, fn: Callable, params: dict, input: Tensor, attr_output_fn: Callable, *,
     n_iter: int = 20, noise_level: float = 0.1, window: tuple[int, int] = (8, 8),
     stride: tuple[int, int] = (4, 4), chunk_size: int | None = None, seed: int = 0,
+    generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Run one attributor of :data:`ATTRIBUTORS` on a batch: ``(output, attribution)``."""
+    """Run one attributor of :data:`ATTRIBUTORS` on a batch: ``(output, attribution)``.
+
+    SmoothGrad draws its noise from ``generator`` (created from ``seed`` if None).
+    """
     function = _attributor_function(kind)
     if kind == "gradient":
         return function(fn, params, input, attr_output_fn)
@@ -816,7 +832,8 @@ def attribute(
         output, grad = function(fn, params, input, attr_output_fn)
         return output, grad * input
     if kind == "smoothgrad":
-        generator = torch.Generator(device=input.device).manual_seed(seed)
+        if generator is None:
+            generator = torch.Generator(device=input.device).manual_seed(seed)
         return _call_with(function, fn, params, input, attr_output_fn, n_iter=n_iter,
                           noise_level=noise_level, generator=generator, chunk_size=chunk_size)
     if kind == "integrads":
@@ -1129,8 +1146,9 @@ def main() -> None:
               help="occlusion window N or H,W [default: input size / 8].")
 @click.option("--stride", type=_PairType(), default=None,
               help="occlusion stride N or H,W [default: window / 2].")
-@click.option("--chunk-size", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Noisy copies / path points / windows evaluated per step.")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=None,
+              help="Noisy copies / path points / windows evaluated per step, each with the "
+                   "whole batch [default: about 2^20 input pixels per step].")
 @click.option("--seed", type=int, default=0, show_default=True, help="smoothgrad noise seed.")
 @click.option("--cmap", default="bwr", show_default=True, callback=_check_cmap,
               help="Colour map: a name from `funcattr list cmaps` or a spec like 00f,80:fff,f00.")
@@ -1348,6 +1366,8 @@ def _explain_all(samples, loaded, fn, params, target, staging, options, *, windo
     attributor = options["attributor"]
     times_output = options["times_output"] or attributor == "occlusion"
     records, relevance_all, entries = [], [], []
+    # one noise stream for the whole run: batches get fresh noise, runs repeat exactly
+    generator = torch.Generator(device=loaded.device).manual_seed(options["seed"])
     with _progress(len(samples) * count, quiet, f"{attributor} on {len(samples)} images") as tick:
         for batch in _batches(samples, options["batch_size"]):
             loaded_batch = [load_sample(s, loaded.input_size, loaded.resize) for s in batch]
@@ -1368,7 +1388,8 @@ def _explain_all(samples, loaded, fn, params, target, staging, options, *, windo
                     _, attribution = attribute(
                         attributor, fn, params, x, seed_fn, n_iter=options["n_iter"],
                         noise_level=options["noise_level"], window=window, stride=stride,
-                        chunk_size=options["chunk_size"], seed=options["seed"],
+                        chunk_size=options["chunk_size"] or auto_chunk_size(x),
+                        seed=options["seed"], generator=generator,
                     )
                 except torch.OutOfMemoryError as error:
                     raise click.ClickException(

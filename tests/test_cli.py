@@ -174,7 +174,8 @@ def mask_fractions(tmp_path: Path, *args: str) -> tuple[float, float, float]:
     summary = summary_of(out)
     fraction, near = summary["mean_fraction_in_mask"], summary["mean_fraction_near_mask"]
     area = summary["mean_mask_area"]
-    print(f"{' '.join(args)}: mean fraction of positive relevance in mask {fraction:.3f}, "
+    label = " ".join(str(a) for a in args if not str(a).endswith(".png"))
+    print(f"{label}: mean fraction of positive relevance in mask {fraction:.3f}, "
           f"within 2 px {near:.3f}, mask area {area:.3f}")
     return fraction, near, area
 
@@ -193,6 +194,28 @@ def test_lrp_relevance_lies_on_the_object(tmp_path, composite, gradient_fraction
     assert fraction > 3 * area
     assert near > 0.7
     assert fraction > gradient_fractions[0] and near > gradient_fractions[1]  # beats gradient
+
+
+def demo_sample_files(count: int) -> list[Path]:
+    """The first ``count`` shipped sample files (their ``*_mask.png`` lie next to them)."""
+    from importlib import resources
+
+    folder = resources.files("funcattr.demo") / "samples"
+    files = sorted(p for p in Path(str(folder)).glob("*.png") if not p.stem.endswith("_mask"))
+    return files[:: len(files) // count][:count]
+
+
+@pytest.mark.parametrize(("attributor", "options"), [
+    ("smoothgrad", ("--n-iter", "8")),
+    ("integrads", ("--n-iter", "8")),
+    ("occlusion", ("--window", "16", "--stride", "16")),
+    ("inputxgrad", ()),
+])
+def test_other_attributors_run_and_report_fractions(tmp_path, attributor, options):
+    files = demo_sample_files(4)  # a third of the samples keeps the test fast
+    fraction, near, area = mask_fractions(tmp_path, "--attributor", attributor, *options, *files)
+    assert 0 <= fraction <= near <= 1
+    assert fraction > 1.5 * area  # better than chance
 
 
 # --------------------------------------------------------------------------------------------
@@ -367,11 +390,10 @@ def test_torchvision_architecture(tmp_path, image_folder):
 
     out = tmp_path / "resnet"
     result = invoke("explain", first, "-m", "resnet18", "--weights", "random",
-                    "--composite", "none", "-o", out, "-q")
+                    "--composite", "none", "--input-size", "64", "-o", out, "-q")
     assert result.exit_code == 0, result.output
     settings = summary_of(out)["settings"]
-    assert settings["canonizer"] in ("ResNetCanonizer (auto)",
-                                     "none (auto: none known for this model)")
+    assert settings["canonizer"] == "ResNetCanonizer (auto)"
 
     # weights from a file are loaded, also of a fine-tuned model with fewer classes
     model = squeezenet1_1(num_classes=10)
@@ -380,7 +402,8 @@ def test_torchvision_architecture(tmp_path, image_folder):
     torch.save(model.state_dict(), weights)
     out = tmp_path / "fitting"
     result = invoke("explain", first, "-m", "squeezenet1_1", "-w", weights, "-o", out, "-q",
-                    "--class-names", write_lines(tmp_path / "ten.txt", 10), "-c", "none")
+                    "--class-names", write_lines(tmp_path / "ten.txt", 10), "-c", "none",
+                    "--input-size", "64")
     assert result.exit_code == 0, result.output
     summary = summary_of(out)
     assert summary["class_names"][3] == "class 3" and summary["settings"]["weights"] == str(weights)
