@@ -378,6 +378,11 @@ def _bn_inputs(bn: nn.Module) -> list[tuple[nn.Module, str]]:
     return [(bn, name) for name in ("weight", "bias", "running_mean", "running_var")]
 
 
+def _identity_for(bn: nn.Module) -> nn.Module:
+    """The merged batch norm's place in the view: an identity in the batch norm's mode."""
+    return nn.Identity().train(bn.training)
+
+
 def _describe(module: nn.Module) -> str:
     return type(module).__name__
 
@@ -413,7 +418,7 @@ class MergeBatchNorm(Canonizer):
             bn = modules[bn_name]
             for name in linear_names:
                 self._merge_into(builder, modules[name], bn)
-            builder.replace(bn, nn.Identity())
+            builder.replace(bn, _identity_for(bn))
         return builder.build()
 
     @staticmethod
@@ -689,13 +694,13 @@ class TracedMergeBatchNorm(MergeBatchNorm):
         builder = ViewBuilder(model)
         for (linear_name,), bn_name in before:
             self._merge_into(builder, modules[linear_name], modules[bn_name])
-            builder.replace(modules[bn_name], nn.Identity())
+            builder.replace(modules[bn_name], _identity_for(modules[bn_name]))
         for (linear_name,), bn_name in after:
             linear, bn = modules[linear_name], modules[bn_name]
             fn = _MergeFrom(getattr(linear, "groups", 1), float(bn.eps))
             builder.derive(fn, [(linear, "weight"), (linear, "bias"), *_bn_inputs(bn)],
                            [(linear, "weight"), (linear, "bias")])
-            builder.replace(bn, nn.Identity())
+            builder.replace(bn, _identity_for(bn))
         return builder.build()
 
     def _check_following(self, model, modules, pairs) -> None:

@@ -188,7 +188,9 @@ class DenseNetMergeBatchNorm(MergeBatchNorm):
                 if isinstance(features.get("conv0"), self.linear_type) and isinstance(
                         features.get("norm0"), self.batch_norm_type):
                     found.append(((f"{prefix}features.conv0",), f"{prefix}features.norm0"))
-            elif isinstance(module, _DenseLayer):
+            elif isinstance(module, _DenseLayer) and isinstance(
+                    module.conv1, self.linear_type) and isinstance(module.norm2,
+                                                                   self.batch_norm_type):
                 found.append(((f"{prefix}conv1",), f"{prefix}norm2"))
         return found
 

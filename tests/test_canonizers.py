@@ -52,6 +52,18 @@ ZENNIT_RTOL = 1e-10
 # Helpers (shared with test_torchvision.py)
 # --------------------------------------------------------------------------------------------
 
+@pytest.fixture(autouse=True)
+def _one_thread(request):
+    """Small models run faster on one thread (thread hand-offs cost more than they save)."""
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
     """Random BatchNorm statistics and affine parameters, random biases; eval mode."""
     generator = torch.Generator().manual_seed(seed)
