@@ -688,7 +688,8 @@ class _Program:
 def _compile(plan: _Plan, sign: str | None, has_bias: bool) -> _Program:
     tables = _coefficients(plan, sign, has_bias)
     _rewrite_negative(tables)
-    _cancel_identity_bias(tables)
+    if has_bias:  # without a bias, y is f(x; W) itself
+        _cancel_identity_bias(tables)
     folded = _foldable_biases(tables) if has_bias else {}
     groups = tuple(
         (tuple((key, primitive, c) for (key, primitive), c in products.items() if c != 0.0),
