@@ -1143,7 +1143,7 @@ def main() -> None:
 @click.option("--noise-level", type=click.FloatRange(min=0, min_open=True), default=0.1,
               show_default=True, help="smoothgrad noise std relative to each image's range.")
 @click.option("--window", type=_PairType(), default=None,
-              help="occlusion window N or H,W [default: input size / 8].")
+              help="occlusion window N or H,W [default: input size / 4, e.g. 56 at 224].")
 @click.option("--stride", type=_PairType(), default=None,
               help="occlusion stride N or H,W [default: window / 2].")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None,
@@ -1204,7 +1204,7 @@ def run_explain(ctx: click.Context, **options: Any) -> dict:
     composite, composite_text = build_composite(options["composite"], loaded, attributor)
     canonizers, canonizer_text = resolve_canonizers(options["canonizer"], loaded)
     size = loaded.input_size
-    window = options["window"] or (max(1, size // 8),) * 2
+    window = options["window"] or (max(1, size // 4),) * 2
     stride = options["stride"] or tuple(max(1, w // 2) for w in window)
     if max(window) > size:
         raise click.BadParameter(f"{window} is larger than the {size}x{size} input.",
