@@ -135,7 +135,7 @@ def evaluate(
     *,
     params: Mapping[str, Tensor] | None = None,
     seed: int = 0,
-    chunk_size: int | None = 64,
+    chunk_size: int | None = 32,
     num_classes: int | None = None,
     options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> EvaluationTable:

@@ -174,7 +174,7 @@ def pixel_flipping(
     orders: Sequence[str] = ("morf", "lerf"),
     softmax: bool = False,
     generator: torch.Generator | int | None = None,
-    chunk_size: int | None = 64,
+    chunk_size: int | None = 32,
 ) -> PerturbationCurves:
     """Pixel flipping and region perturbation curves [bach2015, samek2017].
 
@@ -316,7 +316,7 @@ def sensitivity_n(
     fill: Fill = 0.0,
     softmax: bool = False,
     generator: torch.Generator | int | None = None,
-    chunk_size: int | None = 64,
+    chunk_size: int | None = 32,
 ) -> tuple[Tensor, Tensor]:
     """Sensitivity-N [ancona2018]: correlation of attribution sums and output changes.
 
@@ -402,7 +402,7 @@ def infidelity(
     normalize: bool = True,
     softmax: bool = False,
     generator: torch.Generator | int | None = None,
-    chunk_size: int | None = 64,
+    chunk_size: int | None = 32,
 ) -> Tensor:
     """Infidelity [yeh2019]: ``E_I[(I . Phi(x) - (f(x) - f(x - I)))^2]``, per sample.
 

@@ -108,7 +108,7 @@ def model_parameter_randomisation(
     similarity_measure: str = "spearman",
     attribution: Tensor | None = None,
     generator: torch.Generator | int | None = None,
-    chunk_size: int | None = 64,
+    chunk_size: int | None = 32,
 ) -> RandomisationResult:
     """Model parameter randomisation test [adebayo2018].
 
@@ -196,7 +196,7 @@ def random_logit(
     attribution: Tensor | None = None,
     off_target: Tensor | None = None,
     generator: torch.Generator | int | None = None,
-    chunk_size: int | None = 64,
+    chunk_size: int | None = 32,
 ) -> Tensor:
     """Random logit test [sixt2020]: similarity of the explanations of ``c`` and a random ``c'``.
 

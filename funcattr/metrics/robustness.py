@@ -36,7 +36,7 @@ def sensitivities(
     relative: bool = False,
     perturbation: Callable[[Tensor, torch.Generator], Tensor] | None = None,
     generator: torch.Generator | int | None = None,
-    chunk_size: int | None = 64,
+    chunk_size: int | None = 32,
     owner: str = "sensitivities",
 ) -> Tensor:
     """``||Phi(x + delta_j) - Phi(x)||`` for ``n_samples`` draws: ``(batch, n_samples)``.
