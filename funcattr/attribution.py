@@ -630,6 +630,7 @@ def _window_and_stride(window: int | tuple[int, ...], stride: int | tuple[int, .
                 f"{owner}({name}={value!r}): expected at most {ndim} sizes for an input of shape "
                 f"{shape}, got {len(value)}."
             )
+    given = window
     if isinstance(window, int):
         window = tuple(min(window, size) for size in shape[1:])
     if isinstance(stride, int):
@@ -638,7 +639,7 @@ def _window_and_stride(window: int | tuple[int, ...], stride: int | tuple[int, .
     stride = window[:len(window) - len(stride)] + stride
     if any(w > size for w, size in zip(window, shape)):
         raise ValueError(
-            f"{owner}(window={window[ndim - len(window):]!r}): the window is larger than the "
+            f"{owner}(window={given!r}): the window is larger than the "
             f"input of shape {shape} (resolved window {window}). Pass a smaller window, or an "
             f"int window, which is clipped to the input's size."
         )
