@@ -74,6 +74,15 @@ def image_folder(tmp_path_factory) -> Path:
     return folder
 
 
+def demo_sample_files(count: int) -> list[Path]:
+    """The first ``count`` shipped sample files (their ``*_mask.png`` lie next to them)."""
+    from importlib import resources
+
+    folder = resources.files("funcattr.demo") / "samples"
+    files = sorted(p for p in Path(str(folder)).glob("*.png") if not p.stem.endswith("_mask"))
+    return files[:: len(files) // count][:count]
+
+
 def summary_of(out: Path) -> dict:
     return json.loads((out / "summary.json").read_text())
 
@@ -196,15 +205,6 @@ def test_lrp_relevance_lies_on_the_object(tmp_path, composite, gradient_fraction
     assert fraction > gradient_fractions[0] and near > gradient_fractions[1]  # beats gradient
 
 
-def demo_sample_files(count: int) -> list[Path]:
-    """The first ``count`` shipped sample files (their ``*_mask.png`` lie next to them)."""
-    from importlib import resources
-
-    folder = resources.files("funcattr.demo") / "samples"
-    files = sorted(p for p in Path(str(folder)).glob("*.png") if not p.stem.endswith("_mask"))
-    return files[:: len(files) // count][:count]
-
-
 @pytest.mark.parametrize(("attributor", "options"), [
     ("smoothgrad", ("--n-iter", "8")),
     ("integrads", ("--n-iter", "8")),
@@ -260,13 +260,14 @@ def test_explicit_files_same_stem_and_resize(tmp_path, image_folder):
             assert heatmap.size == (64, 64)
 
 
-def test_top_k_class_names_and_indices(tmp_path, demo):
+def test_top_k_class_names_and_indices(tmp_path):
     out = tmp_path / "top"
-    result = invoke("explain", "-o", out, "--target", "top2", "-q")
+    few = demo_sample_files(3)
+    result = invoke("explain", *few, "-o", out, "--target", "top2", "-q")
     assert result.exit_code == 0, result.output
     summary = summary_of(out)
     data = np.load(out / "relevance.npz")
-    assert data["relevance"].shape[:2] == (len(demo[3]), 2)
+    assert data["relevance"].shape[:2] == (3, 2)
     for record in summary["images"]:
         first, second = record["targets"]
         assert first["index"] == record["predicted"]["index"] != second["index"]
@@ -275,7 +276,7 @@ def test_top_k_class_names_and_indices(tmp_path, demo):
             assert (out / "heatmaps" / f"{record['name']}_top{rank}.png").is_file()
     for target, index in (("star", CLASSES.index("star")), ("2", 2)):
         out = tmp_path / f"target-{target}"
-        result = invoke("explain", "-o", out, "--target", target, "-q")
+        result = invoke("explain", *few, "-o", out, "--target", target, "-q")
         assert result.exit_code == 0, result.output
         summary = summary_of(out)
         assert {r["targets"][0]["index"] for r in summary["images"]} == {index}
@@ -284,8 +285,8 @@ def test_top_k_class_names_and_indices(tmp_path, demo):
 
 def test_relevance_norm_cmap_and_level(tmp_path):
     out = tmp_path / "out"
-    result = invoke("explain", "-o", out, "--cmap", "000,fff", "--relevance-norm", "absolute",
-                    "--level", "2", "--times-output", "-q")
+    result = invoke("explain", *demo_sample_files(2), "-o", out, "--cmap", "000,fff",
+                    "--relevance-norm", "absolute", "--level", "2", "--times-output", "-q")
     assert result.exit_code == 0, result.output
     summary = summary_of(out)
     assert summary["settings"]["output gradient"] == "score * one-hot"
@@ -325,12 +326,14 @@ def test_normalize_relevance_semantics():
 
 def test_composite_none_and_canonizer_choice(tmp_path):
     out = tmp_path / "plain"
-    result = invoke("explain", "-o", out, "--composite", "none", "--canonizer", "none", "-q")
+    few = demo_sample_files(2)
+    result = invoke("explain", *few, "-o", out, "--composite", "none", "--canonizer", "none",
+                    "-q")
     assert result.exit_code == 0, result.output
     settings = summary_of(out)["settings"]
     assert settings["composite"] == "none" and settings["canonizer"] == "none"
     out = tmp_path / "box"
-    result = invoke("explain", "-o", out, "--composite", "epsilon_gamma_box", "-q")
+    result = invoke("explain", *few, "-o", out, "--composite", "epsilon_gamma_box", "-q")
     assert result.exit_code == 0, result.output
     assert summary_of(out)["settings"]["composite"] == "epsilon_gamma_box (input bounds 0.0..1.0)"
 
@@ -537,7 +540,8 @@ def test_failure_keeps_earlier_outputs(tmp_path, image_folder):
     assert mine.read_text() == "keep me"
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
     # a successful run into our own folder replaces our files and keeps the user's
-    result = invoke("explain", "-o", out, "-q", "--composite", "epsilon_alpha2_beta1")
+    result = invoke("explain", *demo_sample_files(2), "-o", out, "-q", "--composite",
+                    "epsilon_alpha2_beta1")
     assert result.exit_code == 0, result.output
     assert summary_of(out)["settings"]["composite"] == "epsilon_alpha2_beta1"
     assert mine.read_text() == "keep me"
@@ -593,7 +597,8 @@ def test_progress_bar_only_on_a_terminal(tmp_path, monkeypatch, quiet):
     terminal = os.fdopen(slave, "w", buffering=1)
     monkeypatch.setattr(sys, "stderr", terminal)
     monkeypatch.setattr(sys, "stdout", io.StringIO())
-    args = ["explain", "-o", str(tmp_path / "out"), "--batch-size", "5"]
+    files = [str(f) for f in demo_sample_files(3)]
+    args = ["explain", *files, "-o", str(tmp_path / "out"), "--batch-size", "2"]
     main.main(args + ["--quiet"] * quiet, prog_name="funcattr", standalone_mode=False)
     terminal.flush()
     os.set_blocking(master, False)
@@ -607,7 +612,7 @@ def test_progress_bar_only_on_a_terminal(tmp_path, monkeypatch, quiet):
     if quiet:
         assert shown == "" and sys.stdout.getvalue() == ""
     else:
-        assert "gradient on 12 images" in shown and "100%" in shown
+        assert "gradient on 3 images" in shown and "100%" in shown
         assert "mean positive relevance in mask" in sys.stdout.getvalue()
 
 
