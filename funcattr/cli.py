@@ -108,6 +108,8 @@ _AUTO_CANONIZERS: dict[str, tuple[str, ...]] = {
     "mobilenet_v2": ("MobileNetV2Canonizer", "MobileNetCanonizer"),
     "mobilenet_v3": ("MobileNetV3Canonizer", "MobileNetCanonizer"),
 }
+#: Set this environment variable to see the traceback of an error inside an attributor.
+TRACEBACK_VARIABLE = "FUNCATTR_TRACEBACK"
 #: ``fraction_near_mask`` counts relevance within this many pixels of the object mask.
 NEAR_MASK_PIXELS = 2
 _SUMMARY_FILE = "summary.json"
@@ -1397,6 +1399,16 @@ def _explain_all(samples, loaded, fn, params, target, staging, options, *, windo
                     ) from error
                 except (ValueError, TypeError) as error:
                     raise click.ClickException(f"--attributor {attributor}: {error}") from error
+                except RuntimeError as error:
+                    if os.environ.get(TRACEBACK_VARIABLE):
+                        raise
+                    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+                    raise click.ClickException(
+                        f"--attributor {attributor} with --composite {options['composite']} and "
+                        f"--canonizer {options['canonizer']} failed on --model {loaded.name}: "
+                        f"{first[:300]} Try --canonizer auto or another --composite; set "
+                        f"{TRACEBACK_VARIABLE}=1 for the traceback."
+                    ) from error
                 relevance.append(attribution.detach().float().cpu())
                 tick(len(batch))
             relevance_batch = torch.stack(relevance, dim=1).numpy()  # (B, K, C, H, W)

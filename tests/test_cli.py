@@ -625,3 +625,33 @@ def test_mask_of_another_size(tmp_path, image_folder):
     assert_error(invoke("explain", folder, "-o", tmp_path / "out"),
                  "its mask has size (32, 32), the image (64, 64)", 1)
     assert not (tmp_path / "out").exists()
+
+
+def test_failure_inside_the_attributor(tmp_path, monkeypatch):
+    factory = tmp_path / "fragile_model.py"
+    factory.write_text(textwrap.dedent("""
+        import torch
+
+        class Fragile(torch.nn.Module):
+            calls = 0
+
+            def __init__(self):
+                super().__init__()
+                self.linear = torch.nn.Linear(3, 2)
+
+            def forward(self, x):
+                Fragile.calls += 1
+                if Fragile.calls > 2:  # the probe and the prediction pass, then the attribution
+                    raise RuntimeError("something broke inside\\nsecond line")
+                return self.linear(x.mean((2, 3)))
+    """))
+    files = demo_sample_files(1)
+    args = ["explain", *files, "-m", f"{factory}:Fragile", "-o", tmp_path / "out"]
+    line = assert_error(invoke(*args), "--attributor gradient with --composite auto and "
+                        "--canonizer auto failed on --model", 1)
+    assert "something broke inside" in line and "second line" not in line
+    assert "FUNCATTR_TRACEBACK=1" in line
+    monkeypatch.setenv("FUNCATTR_TRACEBACK", "1")
+    result = invoke(*args)
+    assert isinstance(result.exception, RuntimeError)
+    assert not (tmp_path / "out").exists()
