@@ -937,11 +937,57 @@ def modified_gradient(x: Tensor, y: Tensor, backward: Callable, *tensors: Tensor
     return function.apply(x, y, backward, save_y, *tensors)
 
 
-def _elementwise_backward(backward_fn: Callable, x: Tensor, y: Tensor | None, tensors,
-                          grad: Tensor) -> Tensor:
-    return backward_fn(x, grad)
+def _elementwise_backward(ctx: Any, grad: Tensor) -> tuple:
+    (x,) = ctx.saved_tensors
+    if not ctx.rule_applies:  # the true derivative, recomputed (only for higher orders)
+        return torch.func.vjp(ctx.forward, x)[1](grad)[0], None, None
+    return ctx.backward_fn(x, grad), None, None
 
 
-def elementwise_rule(x: Tensor, y: Tensor, backward_fn: Callable) -> Tensor:
-    """Return ``y`` with the input gradient ``backward_fn(x, grad_output)``."""
-    return modified_gradient(x, y, partial(_elementwise_backward, backward_fn), save_y=False)
+def _fresh(y: Tensor, x: Tensor) -> Tensor:
+    return y.clone() if y is x or y._base is x or x._base is y else y
+
+
+class _ElementwiseRule(torch.autograd.Function):
+    """Value ``forward(x)``, input gradient ``backward_fn(x, grad)``; for ``torch.func``."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, forward, backward_fn):
+        return _fresh(forward(x), x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, forward, backward_fn = inputs
+        ctx.save_for_backward(x)
+        ctx.forward, ctx.backward_fn = forward, backward_fn
+        _record_level(ctx)
+
+    backward = staticmethod(_elementwise_backward)
+
+
+class _EagerElementwiseRule(torch.autograd.Function):
+    """The same Function in the classic style, for plain tensors."""
+
+    @staticmethod
+    def forward(ctx, x, forward, backward_fn):
+        ctx.save_for_backward(x)
+        ctx.forward, ctx.backward_fn = forward, backward_fn
+        _record_level(ctx)
+        return _fresh(forward(x), x)
+
+    backward = staticmethod(_elementwise_backward)
+
+
+def elementwise_rule(x: Tensor, forward: Callable[[Tensor], Tensor],
+                     backward_fn: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    """Return ``forward(x)`` with the input gradient ``backward_fn(x, grad_output)``.
+
+    The output is computed inside the Function, so it is a fresh tensor that later in-place
+    operations may modify; ``forward`` must not modify ``x`` in place (functionalize turns
+    the ``inplace`` flag of ruled modules off in its private copy).
+    """
+    transformed = torch.compiler.is_compiling() or is_transformed(x)
+    function = _ElementwiseRule if transformed else _EagerElementwiseRule
+    return function.apply(x, forward, backward_fn)

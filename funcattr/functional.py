@@ -79,8 +79,6 @@ class LayerCall:
         self.linear_op = linear_op(module)  # the fast LRP path's view of this layer, if any
 
     def __call__(self, *args, **kwargs):
-        if getattr(self.module, "inplace", False) and args and isinstance(args[0], Tensor):
-            args = (args[0].clone(), *args[1:])  # keep the rule's input x intact
         return self.forward(*args, **kwargs)
 
     def state(self) -> dict[str, Tensor]:
@@ -120,6 +118,8 @@ def _build_tree(view: nn.Module, rules: RuleMap) -> nn.Module:
     tree = _clone_tree(view, memo)
     for name, rule in rules.items():
         clone = memo[id(rules.modules[name])]
+        if getattr(clone, "inplace", None) is True:  # a rule keeps its input: compute anew
+            clone.__dict__["inplace"] = False
         clone.__dict__["forward"] = _RuledForward(rule, clone)
     return tree
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -134,10 +135,11 @@ class AlphaBeta(LinearRule):
         self.stabilizer_fn()
 
     def groups(self):
-        return (
-            Group((Term(_POS, _POS), Term(_NEG, _NEG, zero=_NO_BIAS)), weight=self.alpha),
-            Group((Term(_POS, _NEG), Term(_NEG, _POS, zero=_NO_BIAS)), weight=-self.beta),
-        )
+        alpha = Group((Term(_POS, _POS), Term(_NEG, _NEG, zero=_NO_BIAS)), weight=self.alpha)
+        if self.beta == 0.0:  # the beta group contributes exactly nothing
+            return (alpha,)
+        return (alpha,
+                Group((Term(_POS, _NEG), Term(_NEG, _POS, zero=_NO_BIAS)), weight=-self.beta))
 
 
 @dataclass(frozen=True)
@@ -299,23 +301,28 @@ class Flat(LinearRule):
 # Element-wise rules
 # --------------------------------------------------------------------------------------------
 
+def _call_rest(forward: Callable[..., Tensor], rest: tuple, kwargs: dict, x: Tensor) -> Tensor:
+    return forward(x, *rest, **kwargs)
+
+
 class _ShapePreservingRule(Rule):
     """A rule whose input gradient has the shape of the output: the layer must keep shapes."""
 
     def apply(self, module: nn.Module, forward: Callable[..., Tensor], *args, **kwargs):
         x = args[0] if args else None
-        y = forward(*args, **kwargs)
-        if not isinstance(x, Tensor) or not isinstance(y, Tensor) or x.shape != y.shape:
-            got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+        if not isinstance(x, Tensor):
+            raise TypeError(
+                f"{self!r} on {type(module).__name__}: expected a tensor as the first positional "
+                f"argument, got {type(x).__name__}."
+            )
+        y = elementwise_rule(x, partial(_call_rest, forward, args[1:], kwargs), self.backward)
+        if x.shape != y.shape:
             raise ValueError(
                 f"{self!r} on {type(module).__name__}: expected a module whose output has the "
-                f"shape of its input {tuple(x.shape) if isinstance(x, Tensor) else None}, got "
-                f"{got}. Give this module another rule (e.g. Epsilon())."
+                f"shape of its input {tuple(x.shape)}, got {tuple(y.shape)}. Give this module "
+                f"another rule (e.g. Epsilon())."
             )
-        return self.modify(x, y)
-
-    def modify(self, x: Tensor, y: Tensor) -> Tensor:
-        return elementwise_rule(x, y, self.backward)
+        return y
 
     def backward(self, x: Tensor, grad: Tensor) -> Tensor:
         raise NotImplementedError

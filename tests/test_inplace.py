@@ -56,3 +56,38 @@ def test_inplace_relu_gives_the_result_of_an_out_of_place_relu(rng):
         _, expected = funcattr.gradient(fn_plain, params, x, seed)
         _, relevance = funcattr.gradient(fn_inplace, params, x, seed)
         torch.testing.assert_close(relevance, expected, rtol=1e-12, atol=1e-12)
+
+
+class _ResidualInPlace(nn.Module):
+    """A ruled BatchNorm (Pass) whose output is then modified in place, as in ResNet blocks."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, padding=1)
+        self.bn = nn.BatchNorm2d(2)
+        self.relu = nn.ReLU(inplace=True)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(2 * 5 * 5, 3))
+
+    def forward(self, x):
+        out = self.bn(self.conv(x))
+        out += x
+        return self.head(self.relu(out))
+
+
+def test_inplace_add_on_a_pass_output_matches_the_out_of_place_model(rng):
+    model = _ResidualInPlace().eval()
+    x = torch.randn(2, 2, 5, 5, generator=rng)
+    seed = torch.tensor([[1.0, 0.5, -1.0]]).expand(2, 3)
+    fn, params = funcattr.functionalize(model, EpsilonPlusFlat())
+    _, relevance = funcattr.gradient(fn, params, x, seed)
+
+    class OutOfPlace(_ResidualInPlace):
+        def forward(self, x):
+            return self.head(torch.relu(self.bn(self.conv(x)) + x))
+
+    reference = OutOfPlace().eval()
+    reference.load_state_dict(model.state_dict())
+    reference.relu = nn.ReLU()
+    fn_ref, _ = funcattr.functionalize(reference, EpsilonPlusFlat())
+    _, expected = funcattr.gradient(fn_ref, params, x, seed)
+    torch.testing.assert_close(relevance, expected, rtol=1e-12, atol=1e-12)
