@@ -660,6 +660,20 @@ def _window_and_stride(window: int | tuple[int, ...], stride: int | tuple[int, .
     return window, stride
 
 
+def _window_masks(shape: tuple[int, ...], window: tuple[int, ...], offsets: Tensor) -> Tensor:
+    """``(len(offsets), *shape)`` boolean masks: the box ``[0, window)`` rolled by each offset
+    (wrapping around), i.e. ``(i - offset) mod size < window`` in every dimension."""
+    masks = None
+    for dim, (size, extent) in enumerate(zip(shape, window)):
+        index = torch.arange(size, device=offsets.device)
+        inside = torch.remainder(index - offsets[:, dim, None], size) < extent
+        view = [offsets.shape[0]] + [1] * len(shape)
+        view[dim + 1] = size
+        inside = inside.reshape(view)
+        masks = inside if masks is None else masks & inside
+    return masks.expand(offsets.shape[0], *shape)
+
+
 def _occluded(occlusion_fn: Callable, input: Tensor, masks: Tensor, owner: str) -> Tensor:
     if occlusion_fn is None:  # keep the window, zeros outside: one broadcast
         return input * masks
@@ -727,10 +741,10 @@ def occlusion(fn: Callable, params: Params, input: Tensor, attr_output_fn: AttrO
         )
     shape = tuple(input.shape)
     window, stride = _window_and_stride(window, stride, shape, owner)
-    dims = tuple(range(input.ndim))
-    root = torch.zeros(shape, dtype=torch.bool, device=input.device)
-    root[tuple(slice(0, size) for size in window)] = True
-    offsets = list(product(*(range(0, size, step) for size, step in zip(shape, stride))))
+    offsets = torch.tensor(
+        list(product(*(range(0, size, step) for size, step in zip(shape, stride)))),
+        dtype=torch.long, device=input.device,
+    )
     model = _forward_only(fn)
     batch = shape[0]
     differentiated = is_differentiated([input, *params.values()])
@@ -740,7 +754,7 @@ def occlusion(fn: Callable, params: Params, input: Tensor, attr_output_fn: AttrO
         # size past a convolution-kernel threshold (measured: 49 -> 50 costs 40% on a CNN)
         output = _call_model(model, params, input, owner)
         for start, stop in _chunks(len(offsets), chunk_size):
-            masks = torch.stack([root.roll(offsets[i], dims) for i in range(start, stop)])
+            masks = _window_masks(shape, window, offsets[start:stop])
             occluded = _occluded(occlusion_fn, input, masks, owner)
             outputs = _unstack(
                 _call_model(model, params, occluded.reshape(-1, *shape[1:]), owner),
