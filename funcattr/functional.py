@@ -10,6 +10,7 @@ explaining one model at once do not interfere.
 from __future__ import annotations
 
 import copy
+import difflib
 import threading
 import types as pytypes
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from funcattr.canonizers import Canonizer, CompositeCanonizer, ParamTransform, identity_transform
-from funcattr.composites import Composite, RuleMap, assign_rules, get_composite
+from funcattr.composites import COMPOSITES, Composite, RuleMap, assign_rules, get_composite
 from funcattr.core import Rule, linear_op
 
 __all__ = ["FunctionalModel", "RuledModule", "functionalize", "model_params"]
@@ -216,6 +217,13 @@ def _resolve_composite(composite: Any, owner: str) -> Composite | None:
     if composite is None or isinstance(composite, Composite):
         return composite
     if isinstance(composite, str):
+        if composite not in COMPOSITES:
+            close = difflib.get_close_matches(composite, list(COMPOSITES), n=3)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise ValueError(
+                f"{owner}(composite={composite!r}): expected a registered composite name, got "
+                f"an unknown one; registered names are {', '.join(sorted(COMPOSITES))}.{hint}"
+            )
         return get_composite(composite)
     raise TypeError(
         f"{owner}(composite={composite!r}): expected a Composite, a registered name such as "

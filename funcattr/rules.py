@@ -328,6 +328,10 @@ class _ShapePreservingRule(Rule):
         raise NotImplementedError
 
 
+_SIZES = {nn.Linear: ("in_features", "out_features"),
+          nn.modules.conv._ConvNd: ("in_channels", "out_channels")}
+
+
 @dataclass(frozen=True)
 class Pass(_ShapePreservingRule):
     """Pass the relevance through unchanged: ``R_in = R_out`` (activations, BatchNorm).
@@ -337,6 +341,15 @@ class Pass(_ShapePreservingRule):
     >>> Pass()
     Pass()
     """
+
+    def check(self, module: nn.Module) -> str | None:
+        """Report layers whose output shape surely differs from the input's (checked again
+        at the call for the rest)."""
+        for kind, (a, b) in _SIZES.items():
+            if isinstance(module, kind) and getattr(module, a) != getattr(module, b):
+                return (f"changes the shape ({a}={getattr(module, a)}, {b}={getattr(module, b)});"
+                        f" Pass needs the output shaped like the input")
+        return None
 
     def backward(self, x: Tensor, grad: Tensor) -> Tensor:
         return grad
