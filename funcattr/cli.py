@@ -53,6 +53,7 @@ __all__ = [
     "collect_samples",
     "demo_samples",
     "dilate_mask",
+    "image_arguments",
     "input_options",
     "load_model",
     "main",
@@ -611,11 +612,19 @@ def collect_samples(
     return samples
 
 
-def demo_samples(with_labels: bool = True) -> list[Sample]:
-    """The demo's shipped sample images, with their masks (and true classes if ``with_labels``)."""
-    from funcattr.demo import load_demo_samples
+def demo_samples(with_labels: bool = True, count: int | None = None) -> list[Sample]:
+    """The demo's shipped sample images, with their masks (and true classes if ``with_labels``).
 
-    images, labels, masks, names = load_demo_samples()
+    With ``count``, the first ``count`` images of the demo's test split, generated.
+    """
+    from funcattr.demo import CLASSES, load_demo_samples, make_dataset
+    from funcattr.demo.train import TEST_SEED
+
+    if count is None:
+        images, labels, masks, names = load_demo_samples()
+    else:
+        images, labels, masks = make_dataset(count, TEST_SEED)
+        names = [f"{CLASSES[label]}_{index:04d}" for index, label in enumerate(labels.tolist())]
     samples = []
     for image, label, mask, name in zip(images, labels, masks, names, strict=True):
         pixels = torch.round(image.permute(1, 2, 0) * 255).to(torch.uint8).numpy()
@@ -1095,18 +1104,23 @@ def model_options(function: Callable) -> Callable:
     return function
 
 
-def input_options(function: Callable) -> Callable:
-    """The image arguments and options (shared by subcommands)."""
+def image_arguments(function: Callable) -> Callable:
+    """The image arguments and ``--recursive`` (shared by subcommands)."""
     options = [
         click.argument("images", nargs=-1, type=click.Path(path_type=Path)),
         click.option("--recursive", "-r", is_flag=True,
                      help="Search folders recursively (default: only the folder itself)."),
-        click.option("--batch-size", "-b", type=click.IntRange(min=1), default=16,
-                     show_default=True, help="Images per step."),
     ]
     for option in reversed(options):
         function = option(function)
     return function
+
+
+def input_options(function: Callable) -> Callable:
+    """The image arguments and options (shared by subcommands)."""
+    function = click.option("--batch-size", "-b", type=click.IntRange(min=1), default=16,
+                            show_default=True, help="Images per step.")(function)
+    return image_arguments(function)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1572,6 +1586,8 @@ def list_command(what: str | None) -> None:
         if len(sections) > 1 and section != sections[-1]:
             click.echo()
 
+
+import funcattr.cli_evaluate  # noqa: E402, F401  (registers `funcattr evaluate` on main)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
