@@ -709,11 +709,13 @@ class TracedMergeBatchNorm(MergeBatchNorm):
             raise ValueError(_TRAINING.format(owner=self._owner(), model=_describe(model),
                                               names=", ".join(repr(n) for n in training)))
         problems = [
+            f"{bn!r} keeps no running statistics (track_running_stats=False)"
+            if not isinstance(modules[bn].running_var, Tensor) else
             f"{names[0]!r} has {_channels_in(modules[names[0]])} input channels but {bn!r} "
             f"normalises {_bn_features(modules[bn])}"
             for names, bn in pairs
-            if _channels_in(modules[names[0]]) != _bn_features(modules[bn])
-            or not isinstance(modules[bn].running_var, Tensor)
+            if not isinstance(modules[bn].running_var, Tensor)
+            or _channels_in(modules[names[0]]) != _bn_features(modules[bn])
         ]
         if problems:
             raise ValueError(

@@ -771,6 +771,13 @@ def test_error_no_running_statistics():
         SequentialMergeBatchNorm().apply(model.eval())
 
 
+def test_error_no_running_statistics_following_merge():
+    model = nn.Sequential(nn.BatchNorm1d(3, track_running_stats=False), nn.Linear(3, 2))
+    with pytest.raises(ValueError, match=r"'0' keeps no running statistics.*"
+                                         r"TracedMergeBatchNorm\(following=False\)"):
+        TracedMergeBatchNorm().apply(model.eval())
+
+
 def test_error_registration_order_pairs_mismatched_channels():
     class DenseLike(nn.Module):  # conv registered before a norm of concatenated features
         def __init__(self) -> None:
