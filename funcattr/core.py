@@ -656,7 +656,7 @@ def _cancel_identity_bias(tables: list) -> None:
     """``f(x; W)`` is read off the output as ``y - b``: move that ``-b`` into the bias table."""
     for products, biases in tables:
         coefficient = products.get(("identity", "identity"), 0.0)
-        if coefficient and biases:
+        if coefficient:
             biases["identity"] = biases.get("identity", 0.0) - coefficient
 
 
