@@ -399,6 +399,7 @@ def _whole(kind: str) -> tuple[Callable[[Tensor], Tensor], Tensor, Tensor]:
     return (attribution if kind == "gradient" else vjp_of_fn), x, expected
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings(*_DYNAMO_NOISE)
 def test_compiling_the_whole_gradient_gives_the_rules_result() -> None:
     """Compiling the *whole* attribution (forward and VJP in one ``torch.compile``): Dynamo

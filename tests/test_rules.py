@@ -49,19 +49,22 @@ class LayerCase:
     linear: bool = True  # dense / convolution: has a weight matrix
 
     def build(self, bias: bool, seed: int) -> nn.Module:
-        torch.manual_seed(seed)
+        """The layer with parameters drawn from ``seed`` (a generator: ``torch.manual_seed``
+        costs ~2 ms per call in torch 2.14, which adds up over this grid)."""
         module = self.make(bias)
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            generator = torch.Generator().manual_seed(seed + 1)
-            with torch.no_grad():
+        generator = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.running_mean.normal_(0.0, 1.0, generator=generator)
                 module.running_var.uniform_(0.3, 3.0, generator=generator)
                 if module.affine:
                     module.weight.normal_(0.0, 1.0, generator=generator)
                     module.bias.normal_(0.0, 1.0, generator=generator)
-        elif bias and getattr(module, "bias", None) is not None:
-            with torch.no_grad():  # larger biases, so that zeroing them changes the result
-                module.bias.normal_(0.0, 0.5)
+            elif getattr(module, "weight", None) is not None:
+                bound = module.weight[0].numel() ** -0.5  # as torch's default initialisation
+                module.weight.uniform_(-bound, bound, generator=generator)
+                if module.bias is not None:  # larger biases: zeroing them changes the result
+                    module.bias.normal_(0.0, 0.5, generator=generator)
         return module.eval()
 
 
@@ -184,13 +187,19 @@ def _seed_for(output: Tensor, seed: int) -> Tensor:
     return torch.randn(output.shape, generator=torch.Generator().manual_seed(seed + 11))
 
 
-def _variants(layer: LayerCase, rule: RuleCase):
-    """(bias, zero_params, sign) combinations that apply to this layer and rule."""
+def _variants(layer: LayerCase, rule: RuleCase, seed: int | None = None):
+    """(bias, zero_params, sign) combinations that apply to this layer and rule.
+
+    With a ``seed``, odd seeds take the non-negative inputs and even seeds the mixed-sign
+    ones, so the two default seeds (one of each) cover every combination once.
+    """
     biases = (True, False) if layer.has_bias_variant else (True,)
+    signs = ("nonnegative", "mixed") if seed is None else (
+        ("nonnegative",) if seed % 2 else ("mixed",))
     for bias in biases:
         zero_params = (None, "bias") if rule.zero_params and bias else (None,)
         for zp in zero_params:
-            for sign in ("nonnegative", "mixed"):
+            for sign in signs:
                 yield bias, zp, sign
 
 
@@ -225,7 +234,7 @@ def _pairs(layers: list[LayerCase], rules: list[RuleCase]) -> list:
 def test_lrp_rule_equals_zennit_and_replica(layer: LayerCase, rule: RuleCase, seed: int) -> None:
     """Zennit (every layer) and the matrix-form replica (dense and convolution layers)."""
     checked = 0
-    for bias, zp, sign in _variants(layer, rule):
+    for bias, zp, sign in _variants(layer, rule, seed):
         if not _applicable(layer, rule, bias):
             continue
         module = layer.build(bias, seed)
@@ -546,8 +555,8 @@ VMAP_LAYERS = [LAYERS[i] for i in (0, 3, 6, 7, 9, 12, 16, 18)]  # BatchNorm: see
 
 @pytest.mark.parametrize(("layer", "rule"), _pairs(VMAP_LAYERS, LRP_RULES))
 def test_vmap_over_samples_equals_batch(layer: LayerCase, rule: RuleCase, seed: int) -> None:
-    for bias, zp, sign in _variants(layer, rule):
-        if not _applicable(layer, rule, bias):
+    for bias, zp, sign in _variants(layer, rule, seed):
+        if not _applicable(layer, rule, bias) or zp is not None:
             continue
         model = _one_layer(layer.build(bias, seed))
         x = _inputs(layer.shape, seed, sign, zeros=rule.id != "epsilon-0")
