@@ -279,8 +279,10 @@ def functionalize(
 class RuledModule(nn.Module):
     """A module computing ``model(input)`` with ``composite``'s rules; ``model`` is unchanged.
 
-    Gradients reach the model's own parameters (as with an ordinary forward), so it can stand
-    in for the model in Zennit-style code: ``with composite.context(model) as modified: ...``.
+    It computes with the model's own (live) parameters, so it can stand in for the model in
+    Zennit-style code: ``with composite.context(model) as modified: ...``. A ruled module's
+    output passes no gradient to that module's own parameters (its rule replaces the backward);
+    a relevance taken with ``create_graph=True`` can be differentiated with respect to them.
     """
 
     def __init__(self, model: nn.Module, composite: Composite | None,
