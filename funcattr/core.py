@@ -705,7 +705,7 @@ def _compile(plan: _Plan, sign: str | None, has_bias: bool) -> _Program:
             uses = tuple(
                 (index, group.weight * products[key, primitive])
                 for index, (group, (products, _)) in enumerate(zip(plan.groups, tables))
-                if products.get((key, primitive), 0.0) != 0.0
+                if group.weight * products.get((key, primitive), 0.0) != 0.0
             )
             if uses:
                 primitives.append((primitive, uses))
