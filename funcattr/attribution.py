@@ -159,8 +159,9 @@ def _check_input(input: Any, owner: str) -> None:
 def _call_model(fn: Callable, params: Params, input: Tensor, owner: str) -> Tensor:
     try:
         return fn(params, input)
-    except RuntimeError as error:
-        if "shape" not in str(error) and "size" not in str(error):
+    except (RuntimeError, ValueError) as error:
+        text = str(error)
+        if not any(word in text for word in ("shape", "size", "dimension", "D input")):
             raise
         raise ValueError(
             f"{owner}(input=tensor of shape {tuple(input.shape)}): the model could not process "

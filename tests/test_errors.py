@@ -51,10 +51,8 @@ def test_wrong_input_shape_names_input() -> None:
 
 
 def test_missing_batch_dimension_names_input() -> None:
-    """Known failure (funcattr/attribution.py, ``_call_model``): only a ``RuntimeError`` whose
-    text mentions "shape" or "size" is turned into the ``input=`` message; BatchNorm's own
-    ``ValueError('expected 4D input (got 3D input)')`` for an input without its batch
-    dimension (the convolution before it accepts unbatched input) passes through unchanged."""
+    """BatchNorm's own ``ValueError('expected 4D input (got 3D input)')`` for an input without
+    its batch dimension (the convolution before it accepts unbatched input) names ``input``."""
     fn, params = _cnn_fn()
     with pytest.raises(ValueError, match=r"^pullback\(input=tensor of shape \(3, 8, 8\)\)"):
         funcattr.pullback(fn, params, torch.randn(3, 8, 8))
