@@ -161,7 +161,8 @@ def _call_model(fn: Callable, params: Params, input: Tensor, owner: str) -> Tens
         return fn(params, input)
     except (RuntimeError, ValueError) as error:
         text = str(error)
-        if not any(word in text for word in ("shape", "size", "dimension", "D input")):
+        torch_shape_error = isinstance(error, RuntimeError) and ("shape" in text or "size" in text)
+        if not torch_shape_error and "D input (got" not in text:  # e.g. BatchNorm's ValueError
             raise
         raise ValueError(
             f"{owner}(input=tensor of shape {tuple(input.shape)}): the model could not process "
