@@ -764,8 +764,9 @@ def occlusion(fn: Callable, params: Params, input: Tensor, attr_output_fn: AttrO
             )
             seeds = _seeds(outputs, attr_output_fn, owner)
             scores = seeds.sum(tuple(range(2, seeds.ndim))) if seeds.ndim > 2 else seeds
-            for mask, score in zip(masks, scores):
-                result = result + mask * score.reshape(batch, *(1,) * (input.ndim - 1))
+            weights = masks.to(result.dtype)  # one conversion instead of one per window
+            for weight, score in zip(weights, scores):
+                result = result + weight * score.reshape(batch, *(1,) * (input.ndim - 1))
     return output, result
 
 
