@@ -464,9 +464,9 @@ def test_vmapped_per_sample_equals_batched(composite):
                       stride=(2, 2))[1],
         ),
     }
-    for name, (per_sample, expected) in cases.items():
+    for per_sample, expected in cases.values():
         attribution = torch.func.vmap(per_sample, in_dims=(0, 0, 1))(x, targets, noise)
-        assert_close(attribution, expected, rtol=1e-12), name
+        assert_close(attribution, expected, rtol=1e-12)
 
 
 def test_smooth_grad_under_vmap_draws_with_randomness_flag():
@@ -544,16 +544,16 @@ def test_derivatives_of_attributions_match_finite_differences(model, composite):
     fn, params = funcattr.functionalize(model(), composite)
     x = data(15, (2, 4))
     weight = next(name for name in params if name.endswith("weight"))
-    for name, attribute in explanation_losses(fn, params).items():
+    for attribute in explanation_losses(fn, params).values():
         def loss_x(x, attribute=attribute):
             return (attribute(params, x) ** 2).sum()
 
         def loss_w(w, attribute=attribute):
             return (attribute({**params, weight: w}, x) ** 2).sum()
 
-        assert_close(torch.func.grad(loss_x)(x), finite_difference(loss_x, x), rtol=1e-5), name
+        assert_close(torch.func.grad(loss_x)(x), finite_difference(loss_x, x), rtol=1e-5)
         assert_close(torch.func.grad(loss_w)(params[weight]),
-                     finite_difference(loss_w, params[weight]), rtol=1e-5), name
+                     finite_difference(loss_w, params[weight]), rtol=1e-5)
 
 
 def test_jacobian_of_attribution_and_create_graph_agree():
