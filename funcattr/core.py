@@ -27,6 +27,7 @@ evaluates every term with ``torch.func.functional_call`` and ``torch.func.vjp``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
@@ -366,7 +367,8 @@ class LinearRule(Rule):
             op = linear_op(module, kwargs)
         if op is not None:
             return modified_gradient(x, output, partial(_linear_backward, plan, op),
-                                     module.weight, getattr(module, "bias", None))
+                                     module.weight, getattr(module, "bias", None),
+                                     recompute=partial(_linear_recompute, op), site=forward)
         if not hasattr(forward, "with_state"):
             raise TypeError(
                 f"{self!r} on {type(module).__name__}: rules apply to modules through "
@@ -377,7 +379,8 @@ class LinearRule(Rule):
         buffers = {name: value for name, value in state.items() if name not in names}
         call = _GenericCall(forward.with_state, names, buffers, args[1:], kwargs)
         return modified_gradient(x, output, partial(_generic_backward, plan, call),
-                                 *(state[name] for name in names))
+                                 *(state[name] for name in names),
+                                 recompute=partial(_generic_recompute, call), site=forward)
 
     def plan(self) -> _Plan:
         """The rule's groups and settings, computed once per distinct rule value."""
@@ -404,6 +407,15 @@ def _linear_backward(plan, op, x, y, tensors, grad):
 
 def _generic_backward(plan, call, x, y, tensors, grad):
     return generic_backward(plan, call, x, y, tensors, grad)
+
+
+def _linear_recompute(op, x, tensors):
+    weight, bias = tensors
+    return op.forward(x, weight, bias)
+
+
+def _generic_recompute(call, x, tensors):
+    return call(x, dict(zip(call.names, tensors, strict=True)))
 
 
 @dataclass(frozen=True)
@@ -595,9 +607,9 @@ def _quotient(plan: _Plan, z: Tensor, grad: Tensor, inplace: bool) -> Tensor:
     stabilizer = plan.stabilizer
     if (inplace and type(stabilizer) is Stabilizer and not stabilizer.clip
             and not stabilizer.norm_scale):
-        epsilon = stabilizer.epsilon
-        denominator = (z < 0).to(z.dtype)  # 1 where negative: z + eps - 2 eps [z < 0]
-        denominator.mul_(-2.0 * epsilon).add_(epsilon).add_(z)
+        # sign(z) + 1/2 has the sign of z, positive at +-0: z + eps (z >= 0), z - eps (z < 0)
+        denominator = torch.sign(z).add_(0.5).sign_()
+        torch.add(z, denominator, alpha=stabilizer.epsilon, out=denominator)
         return torch.div(grad, denominator, out=denominator)
     return grad / stabilizer(z)
 
@@ -884,26 +896,36 @@ def _record_level(ctx: Any) -> None:
 # --------------------------------------------------------------------------------------------
 
 def _rule_backward(ctx: Any, grad: Tensor) -> tuple:
-    unused = (None,) * (3 + ctx.count)
+    unused = (None,) * (4 + ctx.count)
     if not ctx.rule_applies:  # the true derivative, through the ordinary output y
         return (None, grad, *unused)
     x, y, *tensors = ctx.saved_tensors
+    if y is None:  # the output was kept as an alias (see _EagerModifiedGradient)
+        y = ctx.output
+        if y._version != ctx.output_version:  # changed in place downstream: compute anew
+            ctx.site_hint.output_mutated = True
+            y = ctx.recompute(x, tensors)
+        elif torch.is_grad_enabled():  # create_graph: y must carry its dependence on x, W
+            y = ctx.recompute(x, tensors)
     return (ctx.backward(x, y, tensors, grad), None, *unused)
 
 
 class _ModifiedGradient(torch.autograd.Function):
-    """New-style Function (``setup_context``, vmap rule) for use under ``torch.func``."""
+    """New-style Function (``setup_context``, vmap rule) for use under ``torch.func``.
+
+    The output is a copy of ``y``: the saved ``y`` must survive in-place operations downstream.
+    """
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x, y, backward, save_y, *tensors):
-        return y.clone() if save_y else y.view_as(y)
+    def forward(x, y, backward, recompute, hint, *tensors):
+        return y.clone()
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, y, backward, save_y, *tensors = inputs
-        ctx.save_for_backward(x, y if save_y else None, *tensors)
+        x, y, backward, _recompute, _hint, *tensors = inputs
+        ctx.save_for_backward(x, y, *tensors)
         ctx.backward, ctx.count = backward, len(tensors)
         _record_level(ctx)
 
@@ -911,30 +933,55 @@ class _ModifiedGradient(torch.autograd.Function):
 
 
 class _EagerModifiedGradient(torch.autograd.Function):
-    """The same Function in the classic style: cheaper to call on plain tensors."""
+    """The same Function in the classic style, for plain tensors, without the copy.
+
+    The output is an alias of ``y`` that ``y``'s version counter follows. If something
+    downstream changes it in place (a functional ``out += identity``), the backward computes
+    ``y`` anew with ``recompute`` and the call site is told (``hint.output_mutated``) to copy
+    from then on.
+    """
 
     @staticmethod
-    def forward(ctx, x, y, backward, save_y, *tensors):
-        ctx.save_for_backward(x, y if save_y else None, *tensors)
+    def forward(ctx, x, y, backward, recompute, hint, *tensors):
         ctx.backward, ctx.count = backward, len(tensors)
         _record_level(ctx)
-        return y.clone() if save_y else y.view_as(y)
+        if recompute is None or hint.output_mutated:
+            ctx.save_for_backward(x, y, *tensors)
+            return y.clone()
+        ctx.save_for_backward(x, None, *tensors)
+        ctx.output, ctx.output_version = y.detach(), y._version
+        ctx.recompute, ctx.site_hint = recompute, hint
+        return y.detach()
 
     backward = staticmethod(_rule_backward)
 
 
+class _SiteHint:
+    """Whether a call site's output was changed in place downstream before."""
+
+    output_mutated = False
+
+
 def modified_gradient(x: Tensor, y: Tensor, backward: Callable, *tensors: Tensor | None,
-                      save_y: bool = True) -> Tensor:
+                      recompute: Callable | None = None, site: Any = None) -> Tensor:
     """Return ``y`` whose gradient with respect to ``x`` is ``backward(x, y, tensors, grad)``.
 
-    With ``save_y`` the returned tensor is a copy, so that in-place operations downstream
-    cannot change the saved output. Everything else (``y``'s own graph) gets no gradient.
+    Everything else (``y``'s own graph) gets no gradient. ``recompute(x, tensors)`` computes
+    ``y`` again; with it, plain tensors skip copying ``y`` (see ``_EagerModifiedGradient``),
+    and ``site`` (any object that takes attributes, one per call site) remembers whether the
+    output was changed in place before.
     """
     transformed = torch.compiler.is_compiling() or any(
         is_transformed(t) for t in (x, y, *tensors)
     )
-    function = _ModifiedGradient if transformed else _EagerModifiedGradient
-    return function.apply(x, y, backward, save_y, *tensors)
+    if transformed:
+        return _ModifiedGradient.apply(x, y, backward, None, None, *tensors)
+    hint = getattr(site, "_funcattr_site", None)
+    if hint is None:
+        hint = _SiteHint()
+        with contextlib.suppress(AttributeError, TypeError):  # e.g. a bound method
+            site._funcattr_site = hint
+    return _EagerModifiedGradient.apply(x, y, backward, recompute, hint, *tensors)
 
 
 def _elementwise_backward(ctx: Any, grad: Tensor) -> tuple:

@@ -117,10 +117,12 @@ def _install(tree: nn.Module, tensors: Mapping[str, Tensor]) -> None:
 def _build_tree(view: nn.Module, rules: RuleMap) -> nn.Module:
     memo: dict[int, nn.Module] = {}
     tree = _clone_tree(view, memo)
+    for clone in memo.values() if rules else ():
+        # rules keep their inputs and outputs for the backward: in-place layers compute anew
+        if getattr(clone, "inplace", None) is True:
+            clone.__dict__["inplace"] = False
     for name, rule in rules.items():
         clone = memo[id(rules.modules[name])]
-        if getattr(clone, "inplace", None) is True:  # a rule keeps its input: compute anew
-            clone.__dict__["inplace"] = False
         clone.__dict__["forward"] = _RuledForward(rule, clone)
     return tree
 

@@ -91,3 +91,46 @@ def test_inplace_add_on_a_pass_output_matches_the_out_of_place_model(rng):
     fn_ref, _ = funcattr.functionalize(reference, EpsilonPlusFlat())
     _, expected = funcattr.gradient(fn_ref, params, x, seed)
     torch.testing.assert_close(relevance, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_inplace_op_on_ruled_output_same_result_on_every_call(rng):
+    """The first call computes the changed output anew; later calls copy it up front."""
+    model = _DoubleInPlace()
+    x = torch.randn(2, 4, generator=rng)
+    fn, params = funcattr.functionalize(model, LayerMapComposite([(nn.Linear, Epsilon())]))
+    results = [funcattr.gradient(fn, params, x, torch.ones(2, 3))[1] for _ in range(3)]
+    for relevance in results[1:]:
+        torch.testing.assert_close(relevance, results[0], rtol=0, atol=0)
+
+
+def test_retained_graph_gives_the_same_relevance_twice(rng):
+    inplace, _, x = _pair(rng)
+    fn, params = funcattr.functionalize(inplace, EpsilonGammaBox(-3.0, 3.0))
+    leaf = x.clone().requires_grad_(True)
+    output = fn(params, leaf)
+    first = torch.autograd.grad(output, leaf, torch.ones_like(output), retain_graph=True)[0]
+    second = torch.autograd.grad(output, leaf, torch.ones_like(output))[0]
+    torch.testing.assert_close(second, first, rtol=0, atol=0)
+    _, expected = funcattr.gradient(fn, params, x, torch.ones_like(output))
+    torch.testing.assert_close(first, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_create_graph_through_plain_autograd_matches_torch_func(rng):
+    """Second derivatives taken with plain autograd (create_graph) see every layer output's
+    dependence on the input and parameters, as nested torch.func transforms do (rules at
+    every level in both: neither is inside ``rules_at_this_level``)."""
+    inplace, _, x = _pair(rng)
+    composite = LayerMapComposite([(nn.Linear, Epsilon()), (nn.Conv2d, Epsilon())])
+    fn, params = funcattr.functionalize(inplace, composite)
+    seed = torch.tensor([[1.0, -2.0, 0.5]]).expand(3, 3)
+
+    def loss(u):
+        relevance = torch.func.vjp(lambda v: fn(params, v), u)[1](seed)[0]
+        return (relevance ** 2).sum()
+
+    expected = torch.func.grad(loss)(x)
+    leaf = x.clone().requires_grad_(True)
+    (relevance,) = torch.autograd.grad(fn(params, leaf), leaf, seed, create_graph=True)
+    (actual,) = torch.autograd.grad((relevance ** 2).sum(), leaf)
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
+    assert expected.abs().sum() > 0
