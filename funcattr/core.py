@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import math
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -366,9 +367,10 @@ class LinearRule(Rule):
         else:
             op = linear_op(module, kwargs)
         if op is not None:
+            bias = getattr(module, "bias", None)
             return modified_gradient(x, output, partial(_linear_backward, plan, op),
-                                     module.weight, getattr(module, "bias", None),
-                                     recompute=partial(_linear_recompute, op), site=forward)
+                                     module.weight, bias, recompute=partial(_linear_recompute, op),
+                                     site=forward, keep_output=uses_output(plan, bias is not None))
         if not hasattr(forward, "with_state"):
             raise TypeError(
                 f"{self!r} on {type(module).__name__}: rules apply to modules through "
@@ -380,7 +382,8 @@ class LinearRule(Rule):
         call = _GenericCall(forward.with_state, names, buffers, args[1:], kwargs)
         return modified_gradient(x, output, partial(_generic_backward, plan, call),
                                  *(state[name] for name in names),
-                                 recompute=partial(_generic_recompute, call), site=forward)
+                                 recompute=partial(_generic_recompute, call), site=forward,
+                                 keep_output=any(group.gate for group in plan.groups))
 
     def plan(self) -> _Plan:
         """The rule's groups and settings, computed once per distinct rule value."""
@@ -607,22 +610,23 @@ def _quotient(plan: _Plan, z: Tensor, grad: Tensor, inplace: bool) -> Tensor:
     stabilizer = plan.stabilizer
     if (inplace and type(stabilizer) is Stabilizer and not stabilizer.clip
             and not stabilizer.norm_scale):
-        # sign(z) + 1/2 has the sign of z, positive at +-0: z + eps (z >= 0), z - eps (z < 0)
+        # sign(z) + 1/2 has the sign of z and is positive at +-0: z + eps (z >= 0), z - eps
         denominator = torch.sign(z).add_(0.5).sign_()
         torch.add(z, denominator, alpha=stabilizer.epsilon, out=denominator)
         return torch.div(grad, denominator, out=denominator)
     return grad / stabilizer(z)
 
 
-def _gated(plan: _Plan, group: Group, y: Tensor, grad: Tensor, z: Tensor | None,
+def _gated(plan: _Plan, group: Group, y: Tensor | None, grad: Tensor, z: Tensor | None,
            inplace: bool = False) -> Tensor:
-    """Step 2 of the rule for one group: ``gate * R / stabilizer(z)``."""
-    quotient = _quotient(plan, torch.zeros_like(y) if z is None else z, grad, inplace)
+    """Step 2 of the rule for one group: ``gate * R / stabilizer(z)`` (``y``: the layer's
+    output, needed only for a gate)."""
+    quotient = _quotient(plan, torch.zeros_like(grad) if z is None else z, grad, inplace)
     if group.gate is None:
         return quotient
     keep = y > 0 if group.gate == "positive" else y < 0
-    if inplace:  # the quotient is finite (stabilised), so a multiply by the mask is exact
-        return quotient.mul_(keep)
+    if inplace:  # the quotient is finite (stabilised): zeroing equals multiplying by the mask
+        return quotient.masked_fill_(keep.logical_not_(), 0.0)
     return torch.where(keep, quotient, 0.0)
 
 
@@ -695,6 +699,8 @@ class _Program:
     groups: tuple  # per group: ((key, primitive, c), ...), ((bias primitive, c), ...)
     folded: Mapping  # (key, primitive) -> bias primitive computed inside that product
     vjps: tuple  # per input key: (key, ((primitive, ((group index, c), ...)), ...))
+    private: frozenset  # products that only one group uses: free for that group to overwrite
+    uses_output: bool  # whether the layer's output y is read (f(x; W) = y - b, or a gate)
 
 
 def _compile(plan: _Plan, sign: str | None, has_bias: bool) -> _Program:
@@ -722,10 +728,15 @@ def _compile(plan: _Plan, sign: str | None, has_bias: bool) -> _Program:
             if uses:
                 primitives.append((primitive, uses))
         vjps.append((key, tuple(primitives)))
-    return _Program(groups, folded, tuple(vjps))
+    counts = Counter((key, primitive) for items, _ in groups for key, primitive, _ in items)
+    private = frozenset(pair for pair, count in counts.items() if count == 1)
+    uses_output = ("identity", "identity") in counts or any(
+        group.gate is not None for group in plan.groups)
+    return _Program(groups, folded, tuple(vjps), private, uses_output)
 
 
 _PROGRAMS: dict[tuple, _Program] = {}
+_SIGNS = (None, "nonnegative", "nonpositive")
 
 
 def _program(plan: _Plan, sign: str | None, has_bias: bool) -> _Program:
@@ -736,6 +747,12 @@ def _program(plan: _Plan, sign: str | None, has_bias: bool) -> _Program:
         return program
     except TypeError:  # an unhashable user rule
         return _compile(plan, sign, has_bias)
+
+
+def uses_output(plan: _Plan, has_bias: bool) -> bool:
+    """Whether the rule's backward may read the layer's output (for any input sign)."""
+    signs = _SIGNS if plan.splits_sign else (None,)
+    return any(_program(plan, sign, has_bias).uses_output for sign in signs)
 
 
 def lrp_backward(
@@ -749,7 +766,7 @@ def lrp_backward(
     """
     # nothing records this backward and no transform batches it: reuse buffers in place
     inplace = (not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-               and not any(_is_batched(t) for t in (x, y, grad)))
+               and not any(_is_batched(t) for t in (x, y, grad) if t is not None))
     program = _program(plan, _input_sign(x) if plan.splits_sign else None, bias is not None)
     weights: dict[Any, Tensor] = {}
 
@@ -786,9 +803,12 @@ def lrp_backward(
             bias_total = _bias_view(_lincomb(
                 (_apply_param_primitive(primitive, bias, "bias"), c) for primitive, c in bias_items
             ), op)
-            owned = z is not None and all(z is not tensor for tensor, _ in terms)
-            z = bias_total.expand_as(y) if z is None else (
-                z.add_(bias_total) if inplace and owned else z + bias_total)
+            if z is None:
+                z = bias_total.expand_as(grad)
+            elif inplace and _overwritable(z, terms, items, program):
+                z.add_(bias_total)
+            else:
+                z = z + bias_total
         # 2. divide the incoming relevance by the stabilised denominator
         quotients.append(_gated(plan, group, y, grad, z, inplace))
 
@@ -808,6 +828,15 @@ def lrp_backward(
         relevance = vjp if relevance is None else (
             relevance.add_(vjp) if inplace else relevance + vjp)
     return torch.zeros_like(x) if relevance is None else relevance
+
+
+def _overwritable(z: Tensor, terms: list, items: tuple, program: _Program) -> bool:
+    """Whether ``z`` is a sum this backward made, or a product no other group reads."""
+    for (tensor, _), (key, primitive, _) in zip(terms, items, strict=True):
+        if tensor is z:
+            return (key, primitive) != ("identity", "identity") and (
+                (key, primitive) in program.private)
+    return True
 
 
 def _bias_view(bias: Tensor, op: _LinearOp) -> Tensor:
@@ -896,17 +925,20 @@ def _record_level(ctx: Any) -> None:
 # --------------------------------------------------------------------------------------------
 
 def _rule_backward(ctx: Any, grad: Tensor) -> tuple:
-    unused = (None,) * (4 + ctx.count)
+    unused = (None,) * (3 + ctx.count)
     if not ctx.rule_applies:  # the true derivative, through the ordinary output y
         return (None, grad, *unused)
     x, y, *tensors = ctx.saved_tensors
-    if y is None:  # the output was kept as an alias (see _EagerModifiedGradient)
-        y = ctx.output
-        if y._version != ctx.output_version:  # changed in place downstream: compute anew
-            ctx.site_hint.output_mutated = True
-            y = ctx.recompute(x, tensors)
+    output = getattr(ctx, "kept_output", None)
+    if output is not None:  # the output was kept as an alias (see _EagerModifiedGradient)
+        policy = ctx.policy
+        if output._version != ctx.output_version:  # changed in place downstream: anew
+            policy.site.output_changed = True
+            y = policy.recompute(x, tensors)
         elif torch.is_grad_enabled():  # create_graph: y must carry its dependence on x, W
-            y = ctx.recompute(x, tensors)
+            y = policy.recompute(x, tensors)
+        else:
+            y = output
     return (ctx.backward(x, y, tensors, grad), None, *unused)
 
 
@@ -919,12 +951,12 @@ class _ModifiedGradient(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x, y, backward, recompute, hint, *tensors):
+    def forward(x, y, backward, policy, *tensors):
         return y.clone()
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, y, backward, _recompute, _hint, *tensors = inputs
+        x, y, backward, _policy, *tensors = inputs
         ctx.save_for_backward(x, y, *tensors)
         ctx.backward, ctx.count = backward, len(tensors)
         _record_level(ctx)
@@ -933,62 +965,74 @@ class _ModifiedGradient(torch.autograd.Function):
 
 
 class _EagerModifiedGradient(torch.autograd.Function):
-    """The same Function in the classic style, for plain tensors, without the copy.
+    """The same Function in the classic style, for plain tensors, mostly without the copy.
 
-    The output is an alias of ``y`` that ``y``'s version counter follows. If something
-    downstream changes it in place (a functional ``out += identity``), the backward computes
-    ``y`` anew with ``recompute`` and the call site is told (``hint.output_mutated``) to copy
-    from then on.
+    The output is an alias of ``y`` (``y``'s version counter follows it). A backward that
+    never reads ``y`` keeps nothing. Otherwise, if something downstream changes the output in
+    place (a functional ``out += identity``), the backward computes ``y`` anew and the call
+    site copies ``y`` from then on.
     """
 
     @staticmethod
-    def forward(ctx, x, y, backward, recompute, hint, *tensors):
+    def forward(ctx, x, y, backward, policy, *tensors):
         ctx.backward, ctx.count = backward, len(tensors)
         _record_level(ctx)
-        if recompute is None or hint.output_mutated:
+        if policy is None or policy.site.output_changed:
             ctx.save_for_backward(x, y, *tensors)
             return y.clone()
         ctx.save_for_backward(x, None, *tensors)
-        ctx.output, ctx.output_version = y.detach(), y._version
-        ctx.recompute, ctx.site_hint = recompute, hint
+        if policy.keep_output:
+            ctx.kept_output, ctx.output_version, ctx.policy = y.detach(), y._version, policy
         return y.detach()
 
     backward = staticmethod(_rule_backward)
 
 
-class _SiteHint:
-    """Whether a call site's output was changed in place downstream before."""
+class _CallSite:
+    """What a call site has learnt: whether its output was changed in place downstream."""
 
-    output_mutated = False
+    output_changed = False
+
+
+@dataclass(frozen=True)
+class _OutputPolicy:
+    keep_output: bool
+    recompute: Callable[[Tensor, Sequence[Tensor]], Tensor]
+    site: _CallSite
 
 
 def modified_gradient(x: Tensor, y: Tensor, backward: Callable, *tensors: Tensor | None,
-                      recompute: Callable | None = None, site: Any = None) -> Tensor:
+                      recompute: Callable | None = None, site: Any = None,
+                      keep_output: bool = True) -> Tensor:
     """Return ``y`` whose gradient with respect to ``x`` is ``backward(x, y, tensors, grad)``.
 
     Everything else (``y``'s own graph) gets no gradient. ``recompute(x, tensors)`` computes
-    ``y`` again; with it, plain tensors skip copying ``y`` (see ``_EagerModifiedGradient``),
-    and ``site`` (any object that takes attributes, one per call site) remembers whether the
-    output was changed in place before.
+    ``y`` again; given it, plain tensors skip copying ``y`` (see ``_EagerModifiedGradient``);
+    ``keep_output=False`` says ``backward`` ignores ``y`` (it gets ``None``). ``site`` (an
+    object that takes attributes, one per call site) remembers whether the output was
+    changed in place before.
     """
     transformed = torch.compiler.is_compiling() or any(
         is_transformed(t) for t in (x, y, *tensors)
     )
     if transformed:
-        return _ModifiedGradient.apply(x, y, backward, None, None, *tensors)
-    hint = getattr(site, "_funcattr_site", None)
-    if hint is None:
-        hint = _SiteHint()
-        with contextlib.suppress(AttributeError, TypeError):  # e.g. a bound method
-            site._funcattr_site = hint
-    return _EagerModifiedGradient.apply(x, y, backward, recompute, hint, *tensors)
+        return _ModifiedGradient.apply(x, y, backward, None, *tensors)
+    policy = None
+    if recompute is not None:
+        call_site = getattr(site, "_funcattr_call_site", None)
+        if call_site is None:
+            call_site = _CallSite()
+            with contextlib.suppress(AttributeError, TypeError):  # e.g. a bound method
+                site._funcattr_call_site = call_site
+        policy = _OutputPolicy(keep_output, recompute, call_site)
+    return _EagerModifiedGradient.apply(x, y, backward, policy, *tensors)
 
 
 def _elementwise_backward(ctx: Any, grad: Tensor) -> tuple:
     (x,) = ctx.saved_tensors
     if not ctx.rule_applies:  # the true derivative, recomputed (only for higher orders)
-        return torch.func.vjp(ctx.forward, x)[1](grad)[0], None, None
-    return ctx.backward_fn(x, grad), None, None
+        return torch.func.vjp(ctx.forward, x)[1](grad)[0], None, None, None, None
+    return ctx.backward_fn(x, grad), None, None, None, None
 
 
 def _fresh(y: Tensor, x: Tensor) -> Tensor:
@@ -1001,12 +1045,12 @@ class _ElementwiseRule(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x, forward, backward_fn):
-        return _fresh(forward(x), x)
+    def forward(x, forward, backward_fn, reads_input, in_place):
+        return _fresh(forward(x.clone() if in_place else x), x)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, forward, backward_fn = inputs
+        x, forward, backward_fn, _reads_input, _in_place = inputs
         ctx.save_for_backward(x)
         ctx.forward, ctx.backward_fn = forward, backward_fn
         _record_level(ctx)
@@ -1015,26 +1059,46 @@ class _ElementwiseRule(torch.autograd.Function):
 
 
 class _EagerElementwiseRule(torch.autograd.Function):
-    """The same Function in the classic style, for plain tensors."""
+    """The same Function in the classic style, for plain tensors.
+
+    A rule that never reads ``x`` lets an in-place ``forward`` (``ReLU(inplace=True)``)
+    overwrite ``x`` as in the original model, with no copy.
+    """
 
     @staticmethod
-    def forward(ctx, x, forward, backward_fn):
-        ctx.save_for_backward(x)
+    def forward(ctx, x, forward, backward_fn, reads_input, in_place):
         ctx.forward, ctx.backward_fn = forward, backward_fn
         _record_level(ctx)
-        return _fresh(forward(x), x)
+        if in_place and not reads_input and ctx.rule_applies and _may_overwrite(x):
+            y = forward(x)
+            if y is x:
+                ctx.save_for_backward(None)
+                ctx.mark_dirty(x)
+                return x
+        else:
+            y = forward(x.clone() if in_place else x)
+        ctx.save_for_backward(x)
+        return _fresh(y, x)
 
     backward = staticmethod(_elementwise_backward)
 
 
+def _may_overwrite(x: Tensor) -> bool:
+    """Whether autograd lets a custom Function overwrite ``x`` (not a leaf that needs a
+    gradient, not a view)."""
+    return not (x.requires_grad and x.is_leaf) and x._base is None
+
+
 def elementwise_rule(x: Tensor, forward: Callable[[Tensor], Tensor],
-                     backward_fn: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+                     backward_fn: Callable[[Tensor | None, Tensor], Tensor],
+                     reads_input: bool = True, in_place: bool = False) -> Tensor:
     """Return ``forward(x)`` with the input gradient ``backward_fn(x, grad_output)``.
 
     The output is computed inside the Function, so it is a fresh tensor that later in-place
-    operations may modify; ``forward`` must not modify ``x`` in place (functionalize turns
-    the ``inplace`` flag of ruled modules off in its private copy).
+    operations may modify. ``in_place`` says ``forward`` overwrites its input: it then gets
+    a copy, unless the rule never reads ``x`` (``reads_input=False``; ``backward_fn`` gets
+    ``None``) and autograd allows the overwrite, as in the original model.
     """
     transformed = torch.compiler.is_compiling() or is_transformed(x)
     function = _ElementwiseRule if transformed else _EagerElementwiseRule
-    return function.apply(x, forward, backward_fn)
+    return function.apply(x, forward, backward_fn, reads_input, in_place)

@@ -117,12 +117,10 @@ def _install(tree: nn.Module, tensors: Mapping[str, Tensor]) -> None:
 def _build_tree(view: nn.Module, rules: RuleMap) -> nn.Module:
     memo: dict[int, nn.Module] = {}
     tree = _clone_tree(view, memo)
-    for clone in memo.values() if rules else ():
-        # rules keep their inputs and outputs for the backward: in-place layers compute anew
-        if getattr(clone, "inplace", None) is True:
-            clone.__dict__["inplace"] = False
     for name, rule in rules.items():
         clone = memo[id(rules.modules[name])]
+        if getattr(clone, "inplace", None) is True and getattr(rule, "reads_input", True):
+            clone.__dict__["inplace"] = False  # the rule keeps its input: compute anew
         clone.__dict__["forward"] = _RuledForward(rule, clone)
     return tree
 

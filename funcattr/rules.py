@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -306,7 +306,13 @@ def _call_rest(forward: Callable[..., Tensor], rest: tuple, kwargs: dict, x: Ten
 
 
 class _ShapePreservingRule(Rule):
-    """A rule whose input gradient has the shape of the output: the layer must keep shapes."""
+    """A rule whose input gradient has the shape of the output: the layer must keep shapes.
+
+    ``reads_input``: whether ``backward`` uses the layer's input (if not, it gets ``None``
+    and an in-place layer may overwrite its input as in the original model).
+    """
+
+    reads_input: ClassVar[bool] = True
 
     def apply(self, module: nn.Module, forward: Callable[..., Tensor], *args, **kwargs):
         x = args[0] if args else None
@@ -315,7 +321,8 @@ class _ShapePreservingRule(Rule):
                 f"{self!r} on {type(module).__name__}: expected a tensor as the first positional "
                 f"argument, got {type(x).__name__}."
             )
-        y = elementwise_rule(x, partial(_call_rest, forward, args[1:], kwargs), self.backward)
+        y = elementwise_rule(x, partial(_call_rest, forward, args[1:], kwargs), self.backward,
+                             self.reads_input, getattr(module, "inplace", None) is True)
         if x.shape != y.shape:
             raise ValueError(
                 f"{self!r} on {type(module).__name__}: expected a module whose output has the "
@@ -341,6 +348,8 @@ class Pass(_ShapePreservingRule):
     >>> Pass()
     Pass()
     """
+
+    reads_input: ClassVar[bool] = False
 
     def check(self, module: nn.Module) -> str | None:
         """Report layers whose output shape surely differs from the input's (checked again
@@ -372,6 +381,8 @@ class ReLUDeconvNet(_ShapePreservingRule):
     >>> ReLUDeconvNet()
     ReLUDeconvNet()
     """
+
+    reads_input: ClassVar[bool] = False
 
     check = _check_activation
 
