@@ -6,7 +6,17 @@
 """
 
 from funcattr import attribution, canonizers, composites, core, layer, rules, types
-from funcattr.attribution import Gradient, gradient, one_hot, pullback
+from funcattr.attribution import (
+    Gradient,
+    gradient,
+    integrated_gradients,
+    multi_target,
+    occlusion,
+    one_hot,
+    pullback,
+    smooth_grad,
+    top_k_targets,
+)
 from funcattr.composites import COMPOSITES, assign_rules, register_composite
 from funcattr.functional import functionalize
 
@@ -20,10 +30,15 @@ __all__ = [
     "core",
     "functionalize",
     "gradient",
+    "integrated_gradients",
     "layer",
+    "multi_target",
+    "occlusion",
     "one_hot",
     "pullback",
     "register_composite",
     "rules",
+    "smooth_grad",
+    "top_k_targets",
     "types",
 ]

@@ -192,12 +192,19 @@ def _autograd_pullback(fn, params, input, owner):
     with torch.enable_grad(), rules_at_this_level():
         output = _call_model(fn, params, leaf, owner)
 
-    def pull(output_grad: Tensor) -> Tensor:
+    def pull(output_grad: Tensor, stacked: bool = False) -> Tensor:
+        """The attribution for ``output_grad``; with ``stacked``, for each of the output
+        gradients stacked in its first dimension, as one batched backward."""
+        shape = (*output_grad.shape[:1], *input.shape) if stacked else input.shape
         if not output.requires_grad:  # the output does not depend on the input
-            return torch.zeros_like(input)
-        (grad,) = torch.autograd.grad(output, leaf, output_grad, retain_graph=True,
-                                      allow_unused=True)
-        return torch.zeros_like(input) if grad is None else grad
+            return input.new_zeros(shape)
+        if stacked:
+            grad = torch.func.vmap(lambda one: torch.autograd.grad(
+                output, leaf, one, retain_graph=True, allow_unused=True)[0])(output_grad)
+        else:
+            (grad,) = torch.autograd.grad(output, leaf, output_grad, retain_graph=True,
+                                          allow_unused=True)
+        return input.new_zeros(shape) if grad is None else grad
 
     return output.detach(), pull
 
@@ -887,12 +894,22 @@ def multi_target(fn: Callable, params: Params, input: Tensor, targets: Any, *,
     _check_input(input, owner)
     _check_batched(input, owner)
     _check_chunk_size(chunk_size, owner)
-    output, pull = _vjp_pullback(fn, params, input, owner)
+    values = [input, *params.values()]
+    if is_differentiated(values) or any(is_transformed(value) for value in values):
+        output, pull = _vjp_pullback(fn, params, input, owner)
+        pull_stacked = torch.func.vmap(pull, chunk_size=chunk_size)
+    else:  # plain autograd, its backward batched over the targets (is_grads_batched)
+        output, pull = _autograd_pullback(fn, params, input, owner)
+
+        def pull_stacked(seeds: Tensor) -> Tensor:
+            return torch.cat([pull(seeds[start:stop], stacked=True)
+                              for start, stop in _chunks(seeds.shape[0], chunk_size)])
+
     index = _target_index(targets, output, owner)
     seeds = torch.nn.functional.one_hot(index, output.shape[1]).to(output.dtype)
     if times_output:
         seeds = seeds * output
-    return output, torch.func.vmap(pull, chunk_size=chunk_size)(seeds)
+    return output, pull_stacked(seeds)
 
 
 # --------------------------------------------------------------------------------------------

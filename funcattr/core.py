@@ -380,7 +380,7 @@ class LinearRule(Rule):
         names = tuple(name for name in module._parameters if name in state)
         buffers = {name: value for name, value in state.items() if name not in names}
         call = _GenericCall(forward.with_state, names, buffers, args[1:], kwargs)
-        return modified_gradient(x, output, partial(_generic_backward, plan, call),
+        return modified_gradient(x, output, partial(_generic_rule_backward, plan, call),
                                  *(state[name] for name in names),
                                  recompute=partial(_generic_recompute, call), site=forward,
                                  keep_output=any(group.gate for group in plan.groups))
@@ -408,7 +408,7 @@ def _linear_backward(plan, op, x, y, tensors, grad):
     return lrp_backward(plan, op, x, y, weight, bias, grad)
 
 
-def _generic_backward(plan, call, x, y, tensors, grad):
+def _generic_rule_backward(plan, call, x, y, tensors, grad):
     return generic_backward(plan, call, x, y, tensors, grad)
 
 
@@ -465,9 +465,20 @@ class _LinearOp:
                          self.groups, self.dilation)
 
     def input_vjp(self, grad: Tensor, weight: Tensor, input: Tensor) -> Tensor:
-        """``(d f(u; weight) / d u)^T grad`` at an input shaped like ``input``."""
+        """``(d f(u; weight) / d u)^T grad`` at an input shaped like ``input``; ``grad`` may
+        stack several output gradients in an extra first dimension."""
         if self.kind == "dense":
             return grad @ weight
+        if grad.ndim > input.ndim:  # (K, B, ...): fold the K gradients into the batch
+            count, batch = grad.shape[0], input.shape[0]
+            if self.kind == "conv" and (self.module.padding_mode != "zeros"
+                                        or isinstance(self.padding, str)):
+                return torch.stack([self.input_vjp(g, weight, input) for g in grad])
+            folded = grad.reshape(count * batch, *grad.shape[2:])
+            # the convolution's input VJP reads only the input's shape: uninitialised memory
+            # that nobody touches costs no time
+            shape_only = input.new_empty((count * batch, *input.shape[1:]))
+            return self.input_vjp(folded, weight, shape_only).view(count, *input.shape)
         if self.kind == "conv" and (self.module.padding_mode != "zeros"
                                     or isinstance(self.padding, str)):
             primal = torch.zeros_like(input)
@@ -613,6 +624,8 @@ def _quotient(plan: _Plan, z: Tensor, grad: Tensor, inplace: bool) -> Tensor:
         # sign(z) + 1/2 has the sign of z and is positive at +-0: z + eps (z >= 0), z - eps
         denominator = torch.sign(z).add_(0.5).sign_()
         torch.add(z, denominator, alpha=stabilizer.epsilon, out=denominator)
+        if denominator.shape != grad.shape:  # K stacked gradients share one denominator
+            return grad / denominator
         return torch.div(grad, denominator, out=denominator)
     return grad / stabilizer(z)
 
@@ -755,15 +768,44 @@ def uses_output(plan: _Plan, has_bias: bool) -> bool:
     return any(_program(plan, sign, has_bias).uses_output for sign in signs)
 
 
+def _stacked_grads(grad: Tensor, tensors: Iterable[Tensor | None]) -> tuple[Tensor, int] | None:
+    """``(K stacked plain gradients, vmap level)`` when ``grad`` is the only batched tensor:
+    one ``vmap`` level (several output gradients pulled back at once, e.g. multi-target)
+    over plain tensors, nothing recorded."""
+    if (torch.is_grad_enabled() or torch.compiler.is_compiling()
+            or not _functorch.is_batchedtensor(grad)
+            or any(t is not None and is_transformed(t) for t in tensors)):
+        return None
+    inner = _functorch.get_unwrapped(grad)
+    if is_transformed(inner) or type(inner) is not Tensor:
+        return None
+    return inner.movedim(_functorch.maybe_get_bdim(grad), 0), _functorch.maybe_get_level(grad)
+
+
 def lrp_backward(
-    plan: _Plan, op: _LinearOp, x: Tensor, y: Tensor, weight: Tensor, bias: Tensor | None,
-    grad: Tensor,
+    plan: _Plan, op: _LinearOp, x: Tensor, y: Tensor | None, weight: Tensor,
+    bias: Tensor | None, grad: Tensor,
 ) -> Tensor:
     """The generic LRP rule for a linear layer ``y = f(x; W) + b``; returns the relevance.
 
     Every term's output is a linear combination of products ``f(in(x); prim(W))`` and bias
-    primitives; ``f(x; W)`` is ``y - b``, so its bias cancels symbolically.
+    primitives; ``f(x; W)`` is ``y - b``, so its bias cancels symbolically. Under a ``vmap``
+    over output gradients only (the layer's tensors unbatched), the products are computed
+    once and all gradients go through one folded convolution, not op-by-op batching rules.
     """
+    stacked = _stacked_grads(grad, (x, y, weight, bias))
+    if stacked is not None:
+        grads, level = stacked
+        relevance = _lrp_backward(plan, op, x, y, weight, bias, grads)
+        return _functorch._add_batch_dim(relevance, 0, level)
+    return _lrp_backward(plan, op, x, y, weight, bias, grad)
+
+
+def _lrp_backward(
+    plan: _Plan, op: _LinearOp, x: Tensor, y: Tensor | None, weight: Tensor,
+    bias: Tensor | None, grad: Tensor,
+) -> Tensor:
+    """:func:`lrp_backward`; ``grad`` is shaped like ``y`` or stacks K of them ``(K, *y.shape)``."""
     # nothing records this backward and no transform batches it: reuse buffers in place
     inplace = (not torch.is_grad_enabled() and not torch.compiler.is_compiling()
                and not any(_is_batched(t) for t in (x, y, grad) if t is not None))
@@ -827,7 +869,9 @@ def lrp_backward(
             vjp = vjp.mul_(input_of(key)) if inplace else input_of(key) * vjp
         relevance = vjp if relevance is None else (
             relevance.add_(vjp) if inplace else relevance + vjp)
-    return torch.zeros_like(x) if relevance is None else relevance
+    if relevance is None:
+        return x.new_zeros(grad.shape[:grad.ndim - x.ndim] + x.shape)
+    return relevance
 
 
 def _overwritable(z: Tensor, terms: list, items: tuple, program: _Program) -> bool:
@@ -860,9 +904,24 @@ class _GenericCall:
         return self.with_state({**self.buffers, **params}, u, *self.args, **self.kwargs)
 
 
-def generic_backward(plan: _Plan, call: _GenericCall, x: Tensor, y: Tensor,
+def generic_backward(plan: _Plan, call: _GenericCall, x: Tensor, y: Tensor | None,
                      params: Sequence[Tensor], grad: Tensor) -> Tensor:
-    """The generic LRP rule for any module: one forward and one VJP per term."""
+    """The generic LRP rule for any module: one forward and one VJP per term.
+
+    Under a ``vmap`` over output gradients only (see :func:`lrp_backward`), the K gradients
+    go through the plain rule one after another (``torch.func.vjp`` inside a Function's
+    backward does not batch in torch 2.14).
+    """
+    stacked = _stacked_grads(grad, (x, y, *params))
+    if stacked is not None:
+        grads, level = stacked
+        relevance = torch.stack([_generic_backward(plan, call, x, y, params, g) for g in grads])
+        return _functorch._add_batch_dim(relevance, 0, level)
+    return _generic_backward(plan, call, x, y, params, grad)
+
+
+def _generic_backward(plan: _Plan, call: _GenericCall, x: Tensor, y: Tensor | None,
+                      params: Sequence[Tensor], grad: Tensor) -> Tensor:
     named = dict(zip(call.names, params, strict=True))
     evaluated = []
     z_by_group: list[Tensor | None] = [None] * len(plan.groups)

@@ -192,10 +192,13 @@ def test_mprt_sees_the_randomised_params():
 def test_law_randomising_params_changes_the_explanation(seed):
     torch.set_default_dtype(torch.float64)
     generator = torch.Generator().manual_seed(seed)
-    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).eval()
+    # 16 unsaturated hidden units (weights scaled by fan-in): with one live tanh unit the
+    # gradient's direction would not depend on the last layer, and the law would not hold
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3)).eval()
     with torch.no_grad():
         for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=generator))
+            fan_in = p.shape[-1] if p.ndim > 1 else 1
+            p.copy_(torch.randn(p.shape, generator=generator) / fan_in**0.5)
     explain = explainer(model)
     x = torch.randn(4, 6, generator=generator)
     result = model_parameter_randomisation(explain, x, [0, 1, 2, 0], generator=seed,

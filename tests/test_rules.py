@@ -569,6 +569,28 @@ def test_vmap_over_samples_equals_batch(layer: LayerCase, rule: RuleCase, seed: 
         assert_close(_per_sample(fn, params, x, grad), batched, rtol=RTOL)
 
 
+@pytest.mark.parametrize(("layer", "rule"), _pairs(LAYERS, LRP_RULES))
+def test_stacked_output_gradients_equal_one_pullback_each(layer: LayerCase, rule: RuleCase,
+                                                          seed: int) -> None:
+    """``multi_target`` pulls K one-hot gradients back at once (a vmap over the output
+    gradients only, which the rules fold into one batched computation): each row equals its
+    own pullback, on every layer type (also the generic path: BatchNorm, AvgPool)."""
+    for bias, zp, sign in _variants(layer, rule, seed):
+        if not _applicable(layer, rule, bias):
+            continue
+        model = nn.Sequential(layer.build(bias, seed), nn.Flatten())
+        x = _inputs(layer.shape, seed, sign, zeros=rule.id != "epsilon-0")
+        fn, params = funcattr.functionalize(
+            model, NameMapComposite([(("0",), rule.funcattr(zp, layer.shape))]))
+        classes = model(x).shape[1]
+        targets = sorted({0, classes // 2, classes - 1})
+        _, rows = funcattr.multi_target(fn, params, x, targets, times_output=True)
+        for row, target in zip(rows, targets, strict=True):
+            _, expected = funcattr.gradient(fn, params, x,
+                                            funcattr.one_hot(target, times_output=True))
+            assert_close(row, expected, rtol=RTOL)
+
+
 _GENERIC_GRAD_XFAIL = pytest.mark.xfail(
     strict=True, raises=RuntimeError,
     reason="torch 2.14: torch.func.grad over torch.func.vjp inside a Function backward "
