@@ -20,12 +20,17 @@ from funcattr import composites as fc
 
 
 def timeit(run: Callable[[], object], repeats: int) -> float:
+    """Median seconds per call over ``repeats`` measurements; a measurement loops the call
+    for at least 0.2 s, so that sub-millisecond calls are not dominated by timer noise."""
+    start = time.perf_counter()
     run()  # warm-up
+    loops = max(1, int(0.2 / max(time.perf_counter() - start, 1e-6)))
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
+        for _ in range(loops):
+            run()
+        times.append((time.perf_counter() - start) / loops)
     return statistics.median(times)
 
 

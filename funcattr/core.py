@@ -386,14 +386,21 @@ class LinearRule(Rule):
                                  keep_output=any(group.gate for group in plan.groups))
 
     def plan(self) -> _Plan:
-        """The rule's groups and settings, computed once per distinct rule value."""
+        """The rule's groups and settings, computed once per distinct rule value (and kept
+        on the rule object itself: hashing a rule on every call is measurable on small
+        models). An unhashable, hence possibly mutable, user rule gets a new plan per call."""
+        cached = self.__dict__.get("_funcattr_plan")
+        if cached is not None:
+            return cached
         try:
-            return _PLANS[self]
-        except KeyError:
-            plan = _PLANS[self] = self._make_plan()
-            return plan
+            plan = _PLANS.get(self)
         except TypeError:  # an unhashable user rule
             return self._make_plan()
+        if plan is None:
+            plan = _PLANS[self] = self._make_plan()
+        with contextlib.suppress(AttributeError, TypeError):  # e.g. a rule with __slots__
+            object.__setattr__(self, "_funcattr_plan", plan)
+        return plan
 
     def _make_plan(self) -> _Plan:
         return _Plan(self, self.groups(), self.stabilizer_fn(),
@@ -421,12 +428,13 @@ def _generic_recompute(call, x, tensors):
     return call(x, dict(zip(call.names, tensors, strict=True)))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared by identity: one plan per rule value
 class _Plan:
     rule: LinearRule
     groups: tuple[Group, ...]
     stabilizer: Callable[[Tensor], Tensor]
     zero_params: tuple[str, ...]
+    programs: dict = field(default_factory=dict, repr=False)  # (sign, has_bias) -> _Program
 
     def zeroed(self, term: Term) -> frozenset[str]:
         return frozenset(term.zero) | frozenset(self.zero_params)
@@ -616,11 +624,19 @@ def _lincomb(items: Iterable[tuple[Tensor, float]], inplace: bool = False) -> Te
     return total
 
 
-def _quotient(plan: _Plan, z: Tensor, grad: Tensor, inplace: bool) -> Tensor:
-    """``grad / stabilizer(z)``; the default stabilizer runs in place when no graph is recorded."""
+def _quotient(plan: _Plan, z: Tensor, grad: Tensor, inplace: bool, nonnegative: bool = False,
+              owned: bool = False) -> Tensor:
+    """``grad / stabilizer(z)``; the default stabilizer runs in place when no graph is recorded
+    (in ``z`` itself if this backward ``owned`` it; ``nonnegative``: ``z >= 0`` for sure)."""
     stabilizer = plan.stabilizer
     if (inplace and type(stabilizer) is Stabilizer and not stabilizer.clip
             and not stabilizer.norm_scale):
+        if nonnegative:  # z >= 0 (also -0): the stabiliser adds +eps everywhere
+            if owned and z.shape == grad.shape:
+                return torch.div(grad, z.add_(stabilizer.epsilon), out=z)
+            denominator = z + stabilizer.epsilon
+            return torch.div(grad, denominator, out=denominator) if (
+                denominator.shape == grad.shape) else grad / denominator
         # sign(z) + 1/2 has the sign of z and is positive at +-0: z + eps (z >= 0), z - eps
         denominator = torch.sign(z).add_(0.5).sign_()
         torch.add(z, denominator, alpha=stabilizer.epsilon, out=denominator)
@@ -631,10 +647,12 @@ def _quotient(plan: _Plan, z: Tensor, grad: Tensor, inplace: bool) -> Tensor:
 
 
 def _gated(plan: _Plan, group: Group, y: Tensor | None, grad: Tensor, z: Tensor | None,
-           inplace: bool = False) -> Tensor:
+           inplace: bool = False, nonnegative: bool = False, owned: bool = False) -> Tensor:
     """Step 2 of the rule for one group: ``gate * R / stabilizer(z)`` (``y``: the layer's
     output, needed only for a gate)."""
-    quotient = _quotient(plan, torch.zeros_like(grad) if z is None else z, grad, inplace)
+    if z is None:
+        z, nonnegative, owned = torch.zeros_like(grad), True, True
+    quotient = _quotient(plan, z, grad, inplace, nonnegative, owned)
     if group.gate is None:
         return quotient
     keep = y > 0 if group.gate == "positive" else y < 0
@@ -714,6 +732,7 @@ class _Program:
     vjps: tuple  # per input key: (key, ((primitive, ((group index, c), ...)), ...))
     private: frozenset  # products that only one group uses: free for that group to overwrite
     uses_output: bool  # whether the layer's output y is read (f(x; W) = y - b, or a gate)
+    nonnegative: tuple  # per group: z >= 0 for sure (a sum of non-negative products)
 
 
 def _compile(plan: _Plan, sign: str | None, has_bias: bool) -> _Program:
@@ -745,21 +764,35 @@ def _compile(plan: _Plan, sign: str | None, has_bias: bool) -> _Program:
     private = frozenset(pair for pair, count in counts.items() if count == 1)
     uses_output = ("identity", "identity") in counts or any(
         group.gate is not None for group in plan.groups)
-    return _Program(groups, folded, tuple(vjps), private, uses_output)
+    nonnegative = tuple(
+        all(_sign_of(key, _KEY_SIGNS, sign) * _sign_of(primitive, _PRIMITIVE_SIGNS) * c > 0
+            for key, primitive, c in items)
+        and all(_sign_of(primitive, _PRIMITIVE_SIGNS) * c > 0 for primitive, c in bias_items)
+        for items, bias_items in groups
+    )
+    return _Program(groups, folded, tuple(vjps), private, uses_output, nonnegative)
 
 
-_PROGRAMS: dict[tuple, _Program] = {}
+_KEY_SIGNS = {"positive": 1, "negative": -1, "ones": 1}
+_PRIMITIVE_SIGNS = {"positive": 1, "negative": -1, "ones": 1, "square": 1}
+
+
+def _sign_of(name: Any, signs: Mapping[str, int], input_sign: str | None = None) -> int:
+    """+1 / -1 where a modified input or parameter provably has that sign (zeros allowed),
+    else 0; the identity input has the input's sign."""
+    if name == "identity" and input_sign is not None:
+        return 1 if input_sign == "nonnegative" else -1
+    return signs.get(name, 0) if isinstance(name, str) else 0
+
+
 _SIGNS = (None, "nonnegative", "nonpositive")
 
 
 def _program(plan: _Plan, sign: str | None, has_bias: bool) -> _Program:
-    try:
-        return _PROGRAMS[plan, sign, has_bias]
-    except KeyError:
-        program = _PROGRAMS[plan, sign, has_bias] = _compile(plan, sign, has_bias)
-        return program
-    except TypeError:  # an unhashable user rule
-        return _compile(plan, sign, has_bias)
+    program = plan.programs.get((sign, has_bias))
+    if program is None:
+        program = plan.programs[sign, has_bias] = _compile(plan, sign, has_bias)
+    return program
 
 
 def uses_output(plan: _Plan, has_bias: bool) -> bool:
@@ -827,7 +860,8 @@ def _lrp_backward(
     # 1. z of every group from the shared products
     products: dict[tuple[Hashable, Any], Tensor] = {}
     quotients = []
-    for group, (items, bias_items) in zip(plan.groups, program.groups, strict=True):
+    for index, (group, (items, bias_items)) in enumerate(
+            zip(plan.groups, program.groups, strict=True)):
         terms = []
         for key, primitive, coefficient in items:
             if key == "identity" and primitive == "identity":  # f(x; W) = y - b
@@ -841,18 +875,21 @@ def _lrp_backward(
                 )
             terms.append((products[key, primitive], coefficient))
         z = _lincomb(terms, inplace)
+        owned = z is not None and _overwritable(z, terms, items, program)
         if bias_items:
             bias_total = _bias_view(_lincomb(
-                (_apply_param_primitive(primitive, bias, "bias"), c) for primitive, c in bias_items
+                (_apply_param_primitive(primitive, bias, "bias"), c)
+                for primitive, c in bias_items
             ), op)
             if z is None:
-                z = bias_total.expand_as(grad)
-            elif inplace and _overwritable(z, terms, items, program):
+                z, owned = bias_total.expand_as(grad), False
+            elif inplace and owned:
                 z.add_(bias_total)
             else:
-                z = z + bias_total
+                z, owned = z + bias_total, True
         # 2. divide the incoming relevance by the stabilised denominator
-        quotients.append(_gated(plan, group, y, grad, z, inplace))
+        quotients.append(_gated(plan, group, y, grad, z, inplace,
+                                nonnegative=program.nonnegative[index], owned=owned))
 
     # 3. one VJP per (input, primitive), with output gradients sum_G weight_G c_G s_G
     relevance = None
@@ -1071,8 +1108,9 @@ def modified_gradient(x: Tensor, y: Tensor, backward: Callable, *tensors: Tensor
     object that takes attributes, one per call site) remembers whether the output was
     changed in place before.
     """
-    transformed = torch.compiler.is_compiling() or any(
-        is_transformed(t) for t in (x, y, *tensors)
+    transformed = torch.compiler.is_compiling() or _functorch.is_legacy_batchedtensor(x) or (
+        _functorch.maybe_current_level() is not None  # some torch.func transform is active
+        and any(is_transformed(t) for t in (x, y, *tensors))
     )
     if transformed:
         return _ModifiedGradient.apply(x, y, backward, None, *tensors)

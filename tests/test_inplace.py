@@ -134,3 +134,24 @@ def test_create_graph_through_plain_autograd_matches_torch_func(rng):
     (actual,) = torch.autograd.grad((relevance ** 2).sum(), leaf)
     torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
     assert expected.abs().sum() > 0
+
+
+def test_changed_params_are_seen_at_once(rng):
+    """Nothing derived from the weights (W+, ...) outlives a call: new params, params changed
+    in place and params changed through ``.data`` (no version bump) all count at once."""
+    _, plain, x = _pair(rng)
+    composite = EpsilonGammaBox(-3.0, 3.0)
+    fn, params = funcattr.functionalize(plain, composite)
+    seed = torch.ones(3, 3)
+    funcattr.gradient(fn, params, x, seed)
+    changed = {name: value + 0.1 * torch.randn(value.shape, generator=rng)
+               for name, value in params.items()}
+    fresh_fn, _ = funcattr.functionalize(plain, composite)
+    _, expected = funcattr.gradient(fresh_fn, changed, x, seed)
+    torch.testing.assert_close(funcattr.gradient(fn, changed, x, seed)[1], expected,
+                               rtol=1e-12, atol=1e-12)
+    funcattr.gradient(fn, params, x, seed)
+    for name, value in params.items():  # shares storage with `plain`, a model of this test
+        value.data.copy_(changed[name])
+    torch.testing.assert_close(funcattr.gradient(fn, params, x, seed)[1], expected,
+                               rtol=1e-12, atol=1e-12)
