@@ -35,7 +35,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Seq
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from typing import Any, ClassVar
 
 import torch
@@ -479,23 +479,34 @@ class _LinearOp:
             return grad @ weight
         if grad.ndim > input.ndim:  # (K, B, ...): fold the K gradients into the batch
             count, batch = grad.shape[0], input.shape[0]
-            if self.kind == "conv" and (self.module.padding_mode != "zeros"
-                                        or isinstance(self.padding, str)):
+            if self._generic_vjp:
                 return torch.stack([self.input_vjp(g, weight, input) for g in grad])
             folded = grad.reshape(count * batch, *grad.shape[2:])
             # the convolution's input VJP reads only the input's shape: uninitialised memory
             # that nobody touches costs no time
             shape_only = input.new_empty((count * batch, *input.shape[1:]))
             return self.input_vjp(folded, weight, shape_only).view(count, *input.shape)
-        if self.kind == "conv" and (self.module.padding_mode != "zeros"
-                                    or isinstance(self.padding, str)):
+        if self._generic_vjp:
             primal = torch.zeros_like(input)
             return torch.func.vjp(lambda u: self.forward(u, weight), primal)[1](grad)[0]
-        output_padding = self.output_padding or (0,) * self.ndim
-        return torch.ops.aten.convolution_backward(
+        return _convolution_backward(
             grad, input, weight, None, self.stride, self.padding, self.dilation,
-            self.kind == "conv_transpose", output_padding, self.groups, (True, False, False),
+            self.kind == "conv_transpose", self._output_padding, self.groups, _INPUT_ONLY,
         )[0]
+
+    @cached_property
+    def _generic_vjp(self) -> bool:
+        """Padding modes the convolution's own backward does not cover ('reflect', 'same')."""
+        return self.kind == "conv" and (self.module.padding_mode != "zeros"
+                                        or isinstance(self.padding, str))
+
+    @cached_property
+    def _output_padding(self) -> tuple[int, ...]:
+        return self.output_padding or (0,) * self.ndim
+
+
+_convolution_backward = torch.ops.aten.convolution_backward
+_INPUT_ONLY = (True, False, False)
 
 
 _CONVS = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
@@ -805,8 +816,8 @@ def _stacked_grads(grad: Tensor, tensors: Iterable[Tensor | None]) -> tuple[Tens
     """``(K stacked plain gradients, vmap level)`` when ``grad`` is the only batched tensor:
     one ``vmap`` level (several output gradients pulled back at once, e.g. multi-target)
     over plain tensors, nothing recorded."""
-    if (torch.is_grad_enabled() or torch.compiler.is_compiling()
-            or not _functorch.is_batchedtensor(grad)
+    if (not _functorch.is_batchedtensor(grad) or torch.is_grad_enabled()
+            or torch.compiler.is_compiling()
             or any(t is not None and is_transformed(t) for t in tensors)):
         return None
     inner = _functorch.get_unwrapped(grad)
@@ -869,10 +880,13 @@ def _lrp_backward(
                 continue
             if (key, primitive) not in products:
                 folded = program.folded.get((key, primitive))
-                products[key, primitive] = op.forward(
-                    input_of(key), weight_of(primitive),
-                    None if folded is None else _apply_param_primitive(folded, bias, "bias"),
-                )
+                if (key, primitive) == ("ones", "ones") and folded is None and inplace:
+                    products[key, primitive] = _ones_product(op, x, weight)
+                else:
+                    products[key, primitive] = op.forward(
+                        input_of(key), weight_of(primitive),
+                        None if folded is None else _apply_param_primitive(folded, bias, "bias"),
+                    )
             terms.append((products[key, primitive], coefficient))
         z = _lincomb(terms, inplace)
         owned = z is not None and _overwritable(z, terms, items, program)
@@ -912,12 +926,25 @@ def _lrp_backward(
 
 
 def _overwritable(z: Tensor, terms: list, items: tuple, program: _Program) -> bool:
-    """Whether ``z`` is a sum this backward made, or a product no other group reads."""
+    """Whether ``z`` is a sum this backward made, or a product no other group reads (and not
+    a remembered constant)."""
     for (tensor, _), (key, primitive, _) in zip(terms, items, strict=True):
         if tensor is z:
-            return (key, primitive) != ("identity", "identity") and (
+            return (key, primitive) not in (("identity", "identity"), ("ones", "ones")) and (
                 (key, primitive) in program.private)
     return True
+
+
+def _ones_product(op: _LinearOp, x: Tensor, weight: Tensor) -> Tensor:
+    """``f(1; 1)`` (Flat's denominator, the receptive field sizes): it depends only on shapes,
+    so the layer remembers the last one. Callers must not modify it."""
+    key = (x.shape, x.dtype, x.device, weight.shape)
+    cached = op.__dict__.get("_funcattr_ones")
+    if cached is None or cached[0] != key:
+        value = op.forward(torch.ones_like(x), torch.ones_like(weight))
+        cached = (key, value)
+        object.__setattr__(op, "_funcattr_ones", cached)
+    return cached[1]
 
 
 def _bias_view(bias: Tensor, op: _LinearOp) -> Tensor:
