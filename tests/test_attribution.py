@@ -358,9 +358,9 @@ def test_integrated_gradients_completeness(seed, baseline_seed):
         _, attribution = integrated_gradients(fn, params, x, one_hot([1, 2, 0]),
                                               baseline_fn=baseline, n_iter=n_iter)
         errors.append((attribution.sum(1) - expected).abs().max().item())
-    scale = max(expected.abs().max().item(), 1e-3)
-    assert errors[2] <= errors[1]
-    assert errors[2] <= 2e-3 * scale
+    # the right Riemann sum's error decays like 1/n (measured against the coarse errors, not
+    # |f(x) - f(b)|, which may nearly cancel): 256x / 16x the steps, far less error
+    assert errors[2] <= max(errors[0] / 50, errors[1] / 4) + 1e-12
 
 
 def linear_model(shape: tuple[int, ...], seed: int) -> tuple[nn.Module, Tensor]:
