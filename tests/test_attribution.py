@@ -268,6 +268,40 @@ def test_integrated_gradients_matches_captum_riemann_right(n_iter, rtol):
     assert_close(attribution, expected, rtol=rtol)
 
 
+class _ViewsItsInput(nn.Module):
+    """An old-style model that ``.view``s its image input (fails on channels-last strides)."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(3 * 6 * 6, 5)
+
+    def forward(self, x):
+        return self.linear(x.view(x.shape[0], -1))
+
+
+@pytest.mark.parametrize("make", [lambda: cnn().float(), lambda: _ViewsItsInput().float()],
+                         ids=["cnn", "views-input"])
+def test_float32_occlusion_equals_one_forward_per_window(make):
+    """float32 image batches are evaluated channels-last (faster CPU convolutions): the same
+    values as a contiguous forward per window, and models that ``.view`` their input work."""
+    torch.manual_seed(0)
+    model = make().eval()
+    x = torch.rand(2, 3, 6, 6, dtype=torch.float32)
+    fn, params = funcattr.functionalize(model)
+    output, attribution = occlusion(fn, params, x, one_hot([1, 3], times_output=True),
+                                    window=(3, 3), stride=(3, 3))
+    expected = torch.zeros_like(x)
+    for top in (0, 3):
+        for left in (0, 3):
+            mask = torch.zeros_like(x, dtype=torch.bool)
+            mask[..., top:top + 3, left:left + 3] = True
+            with torch.no_grad():
+                score = model(x * mask)[torch.arange(2), torch.tensor([1, 3])]
+            expected += mask * score.reshape(2, 1, 1, 1)
+    torch.testing.assert_close(attribution, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(output, model(x), rtol=1e-6, atol=1e-7)
+
+
 def test_occlusion_matches_captum_on_non_overlapping_windows():
     """Captum scores f(x) - f(x with the window ablated); with the window zeroed
     (``invert=True``) and the class score, funcattr gives f(x with the window ablated)."""
