@@ -196,12 +196,13 @@ def gradient_fractions(tmp_path_factory) -> tuple[float, float, float]:
 
 @pytest.mark.parametrize("composite", LRP_COMPOSITES)
 def test_lrp_relevance_lies_on_the_object(tmp_path, composite, gradient_fractions):
-    # The demo model detects the objects' edges, so positive relevance straddles the boundary:
-    # measured 0.39-0.45 inside the mask (4x its area of 0.096), 0.77-0.92 within 2 px of it.
+    # Most positive relevance lies on the object (its checkerboard fill is what the model
+    # finds): measured 0.70 / 0.86 / 0.77 inside the mask (area 0.096) for EpsilonPlusFlat /
+    # EpsilonGammaBox / EpsilonAlpha2Beta1, 0.91-0.98 within 2 px; the gradient 0.39.
     fraction, near, area = mask_fractions(tmp_path, "--composite", composite)
-    assert fraction > 0.3
-    assert fraction > 3 * area
-    assert near > 0.7
+    assert fraction > 0.5
+    assert fraction > 5 * area
+    assert near > 0.85
     assert fraction > gradient_fractions[0] and near > gradient_fractions[1]  # beats gradient
 
 

@@ -113,11 +113,17 @@ def test_masks_match_drawn_objects(fresh_split):
     mean_difference = (difference * masks).sum(dim=(1, 2)) / area
     assert mean_difference.min() > 0.15
     assert (difference[masks] > 0.1).double().mean() > 0.9
-    # the object is a single flat colour (up to sensor noise)
+    # the object is one colour in a 2-px checkerboard of full and 0.55 brightness (up to
+    # sensor noise and clipping)
+    rows, cols = torch.meshgrid(torch.arange(IMAGE_SIZE), torch.arange(IMAGE_SIZE),
+                                indexing="ij")
+    bright = ((rows // 2 + cols // 2) % 2).bool()
     for image, mask in zip(images[:50], masks[:50], strict=True):
-        pixels = image[:, mask]
-        spread = (pixels - pixels.mean(dim=1, keepdim=True)).abs().amax()
-        assert spread <= 0.09
+        full, dark = image[:, mask & bright], image[:, mask & ~bright]
+        for pixels in (full, dark):
+            spread = (pixels - pixels.mean(dim=1, keepdim=True)).abs().amax()
+            assert spread <= 0.09
+        torch.testing.assert_close(dark.mean(dim=1), 0.55 * full.mean(dim=1), rtol=0, atol=0.05)
 
 
 def test_objects_stay_inside_the_image(fresh_split):

@@ -1,7 +1,11 @@
 """Procedurally generated shape images with known object masks.
 
-Every image shows exactly one *object*, a hard-edged, solid-coloured shape of one of the
-classes in :data:`CLASSES`, on a cluttered background. The clutter is built so that it never
+Every image shows exactly one *object*, a hard-edged shape of one of the classes in
+:data:`CLASSES`, filled with a fine two-tone checkerboard of its colour (full and
+:data:`_CHECKER_DARK` brightness, :data:`_CHECKER` px squares), on a cluttered background.
+The fill gives the object's interior a texture of its own, so that a model finds objects by
+their pixels and not only by their outlines, and an explanation of the class score can lie
+on the object rather than on both sides of its edge. The clutter is built so that it never
 contains a class shape:
 
 * a textured background: a mix of smooth colour noise, medium-scale noise and oriented
@@ -58,6 +62,8 @@ _TRIANGLE_RADIUS = 1.15
 _CROSS_HALF_WIDTH, _CROSS_HALF_LENGTH = 0.28, 1.0
 _STAR_OUTER, _STAR_INNER, _STAR_POINTS = 1.15, 0.5, 5
 
+_CHECKER = 2  # side of the fill's checkerboard squares, in pixels
+_CHECKER_DARK = 0.55  # brightness of the darker squares, relative to the object colour
 _N_COLOUR_CANDIDATES = 6
 _MIN_CONTRAST = 0.35  # minimal max-channel distance between object and mean covered background
 _N_BLOBS = 3
@@ -321,7 +327,10 @@ def _render(
     image = _distractors(_background(rand, size).clamp_(0.0, 1.0), rand)
     if draw_objects:
         colours = _object_colours(rand, image, masks)
-        image = torch.where(masks[:, None], colours[:, :, None, None], image)
+        rows, cols = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+        bright = ((rows // _CHECKER + cols // _CHECKER) % 2).to(_DTYPE)
+        fill = colours[:, :, None, None] * (_CHECKER_DARK + (1.0 - _CHECKER_DARK) * bright)
+        image = torch.where(masks[:, None], fill, image)
     noise = rand["sensor_noise"].view(batch, 3, size, size)
     image = image + 2 * _SENSOR_NOISE * (noise - 0.5)
     image = torch.round(image.clamp(0.0, 1.0) * 255.0) / 255.0
