@@ -919,7 +919,7 @@ def multi_target(fn: Callable, params: Params, input: Tensor, targets: Any, *,
     if is_differentiated(values) or any(is_transformed(value) for value in values):
         output, pull = _vjp_pullback(fn, params, input, owner)
         pull_stacked = torch.func.vmap(pull, chunk_size=chunk_size)
-    else:  # plain autograd, its backward batched over the targets (is_grads_batched)
+    else:  # plain autograd; its backward under a vmap over the targets only
         output, pull = _autograd_pullback(fn, params, input, owner)
 
         def pull_stacked(seeds: Tensor) -> Tensor:
