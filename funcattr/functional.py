@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import inspect
 import threading
 import types as pytypes
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -223,6 +224,18 @@ def _resolve_composite(composite: Any, owner: str) -> Composite | None:
             raise ValueError(
                 f"{owner}(composite={composite!r}): expected a registered composite name, got "
                 f"an unknown one; registered names are {', '.join(sorted(COMPOSITES))}.{hint}"
+            )
+        required = [
+            name for name, parameter in inspect.signature(COMPOSITES[composite]).parameters.items()
+            if parameter.default is inspect.Parameter.empty
+            and parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+        ]
+        if required:
+            arguments = ", ".join(f"{name}=..." for name in required)
+            raise TypeError(
+                f"{owner}(composite={composite!r}): this composite needs arguments "
+                f"({', '.join(required)}), which a name cannot carry; pass an instance, e.g. "
+                f"composite=funcattr.composites.get_composite({composite!r}, {arguments})."
             )
         return get_composite(composite)
     raise TypeError(

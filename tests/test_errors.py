@@ -267,6 +267,20 @@ def test_unknown_composite_name_suggests_the_closest() -> None:
         get_composite("guided_backprob")
 
 
+def test_composite_name_that_needs_arguments() -> None:
+    model = small_cnn()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(TypeError, match=r"^functionalize\(composite='epsilon_gamma_box'\): this "
+                       r"composite needs arguments \(low, high\), which a name cannot carry; "
+                       r"pass an instance, e\.g\. composite=funcattr\.composites\.get_composite"
+                       r"\('epsilon_gamma_box', low=\.\.\., high=\.\.\.\)\.$"):
+        funcattr.functionalize(model, "epsilon_gamma_box")
+    fn, params = funcattr.functionalize(model, get_composite("epsilon_gamma_box", low=-3.0,
+                                                             high=3.0))
+    assert fn is not None and params
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
 def test_composite_of_the_wrong_kind() -> None:
     with pytest.raises(TypeError, match=r"^functionalize\(composite=3\): expected a Composite, a "
                        r"registered name such as 'epsilon_plus', or None, got int\.$"):

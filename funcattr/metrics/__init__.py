@@ -40,6 +40,7 @@ from funcattr.metrics.axiomatic import (
     conservation,
 )
 from funcattr.metrics.evaluate import (
+    DEFAULT_METRICS,
     METRICS,
     EvaluationTable,
     evaluate,
@@ -68,6 +69,7 @@ from funcattr.metrics.randomisation import (
 from funcattr.metrics.robustness import avg_sensitivity, max_sensitivity, sensitivities
 
 __all__ = [
+    "DEFAULT_METRICS",
     "METRICS",
     "ConservationReport",
     "EvaluationTable",
