@@ -65,6 +65,7 @@ __all__ = [
     "LoadedModel",
     "Sample",
     "attribute",
+    "attributor_options",
     "build_composite",
     "collect_samples",
     "demo_samples",
@@ -547,6 +548,24 @@ def image_arguments(function: Callable) -> Callable:
     return function
 
 
+def attributor_options(function: Callable) -> Callable:
+    """The parameters of smoothgrad, integrads and occlusion (shared by subcommands)."""
+    options = [
+        click.option("--n-iter", type=click.IntRange(min=1), default=20, show_default=True,
+                     help="Samples of smoothgrad, path points of integrads."),
+        click.option("--noise-level", type=click.FloatRange(min=0, min_open=True), default=0.1,
+                     show_default=True,
+                     help="smoothgrad noise std relative to each image's range."),
+        click.option("--window", type=_PairType(), default=None,
+                     help="occlusion window N or H,W [default: input size / 4, e.g. 56 at 224]."),
+        click.option("--stride", type=_PairType(), default=None,
+                     help="occlusion stride N or H,W [default: window / 2]."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
 def input_options(function: Callable) -> Callable:
     """The image arguments and options (shared by subcommands)."""
     function = click.option("--batch-size", "-b", type=click.IntRange(min=1), default=16,
@@ -585,14 +604,7 @@ def main() -> None:
 @click.option("--times-output", is_flag=True,
               help="Seed with score * one-hot instead of one-hot (Zennit's example script; "
                    "LRP relevance then sums to the score). Occlusion always uses the score.")
-@click.option("--n-iter", type=click.IntRange(min=1), default=20, show_default=True,
-              help="Samples of smoothgrad, path points of integrads.")
-@click.option("--noise-level", type=click.FloatRange(min=0, min_open=True), default=0.1,
-              show_default=True, help="smoothgrad noise std relative to each image's range.")
-@click.option("--window", type=_PairType(), default=None,
-              help="occlusion window N or H,W [default: input size / 4, e.g. 56 at 224].")
-@click.option("--stride", type=_PairType(), default=None,
-              help="occlusion stride N or H,W [default: window / 2].")
+@attributor_options
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None,
               help="Noisy copies / path points / windows evaluated per step, each with the "
                    "whole batch [default: about 2^20 input pixels per step].")

@@ -36,9 +36,9 @@ from funcattr.cli import (
     TRACEBACK_VARIABLE,
     LoadedModel,
     Sample,
-    _PairType,
     _Staging,
     attribute,
+    attributor_options,
     auto_chunk_size,
     build_composite,
     collect_samples,
@@ -412,14 +412,7 @@ def _is_our_folder(folder: Path) -> bool:
 @click.option("--canonizer", default="auto", show_default=True,
               help="For methods with a composite: auto (by architecture), none, or canonizer "
                    "names (comma-separated).")
-@click.option("--n-iter", type=click.IntRange(min=1), default=20, show_default=True,
-              help="Samples of smoothgrad, path points of integrads.")
-@click.option("--noise-level", type=click.FloatRange(min=0, min_open=True), default=0.1,
-              show_default=True, help="smoothgrad noise std relative to each image's range.")
-@click.option("--window", type=_PairType(), default=None,
-              help="occlusion window N or H,W [default: input size / 4].")
-@click.option("--stride", type=_PairType(), default=None,
-              help="occlusion stride N or H,W [default: window / 2].")
+@attributor_options
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the metrics' random draws (the same for every method) and of "
                    "smoothgrad's noise.")

@@ -12,6 +12,7 @@ gradient.
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -57,6 +58,8 @@ __all__ = [
     "get_composite",
     "layer_map_base",
     "register_composite",
+    "required_arguments",
+    "suggest_composites",
 ]
 
 ModuleMap = Callable[[dict, str, nn.Module], Rule | None]
@@ -312,14 +315,35 @@ def register_composite(name: str) -> Callable[[type], type]:
     return register
 
 
+def suggest_composites(name: str) -> str:
+    """`` Did you mean 'a', 'b'?`` for an unknown composite name (empty without a close one)."""
+    close = difflib.get_close_matches(name, list(COMPOSITES), n=3)
+    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+def required_arguments(name: str) -> list[str]:
+    """The constructor arguments of a registered composite that have no default (e.g.
+    ``['low', 'high']`` for ``'epsilon_gamma_box'``)."""
+    return [
+        argument for argument, parameter in inspect.signature(COMPOSITES[name]).parameters.items()
+        if parameter.default is inspect.Parameter.empty
+        and parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+    ]
+
+
 def get_composite(name: str, **kwargs) -> Composite:
     """Instantiate a registered composite by name, e.g. ``get_composite('epsilon_plus')``."""
     if name not in COMPOSITES:
-        close = difflib.get_close_matches(name, list(COMPOSITES), n=3)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise ValueError(
             f"get_composite(name={name!r}): unknown composite; registered names are "
-            f"{', '.join(sorted(COMPOSITES))}.{hint}"
+            f"{', '.join(sorted(COMPOSITES))}.{suggest_composites(name)}"
+        )
+    missing = [argument for argument in required_arguments(name) if argument not in kwargs]
+    if missing:
+        arguments = ", ".join(f"{argument}=..." for argument in missing)
+        raise TypeError(
+            f"get_composite(name={name!r}): this composite needs {', '.join(missing)}; pass "
+            f"them, e.g. get_composite({name!r}, {arguments})."
         )
     return COMPOSITES[name](**kwargs)
 

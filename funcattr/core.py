@@ -643,14 +643,10 @@ def _quotient(plan: _Plan, z: Tensor, grad: Tensor, inplace: bool, nonnegative: 
     if (inplace and type(stabilizer) is Stabilizer and not stabilizer.clip
             and not stabilizer.norm_scale):
         if nonnegative:  # z >= 0 (also -0): the stabiliser adds +eps everywhere
-            if owned and z.shape == grad.shape:
-                return torch.div(grad, z.add_(stabilizer.epsilon), out=z)
-            denominator = z + stabilizer.epsilon
-            return torch.div(grad, denominator, out=denominator) if (
-                denominator.shape == grad.shape) else grad / denominator
-        # sign(z) + 1/2 has the sign of z and is positive at +-0: z + eps (z >= 0), z - eps
-        denominator = torch.sign(z).add_(0.5).sign_()
-        torch.add(z, denominator, alpha=stabilizer.epsilon, out=denominator)
+            denominator = z.add_(stabilizer.epsilon) if owned else z + stabilizer.epsilon
+        else:  # sign(z) + 1/2 has the sign of z and is positive at +-0: z + eps (z >= 0), z - eps
+            denominator = torch.sign(z).add_(0.5).sign_()
+            torch.add(z, denominator, alpha=stabilizer.epsilon, out=denominator)
         if denominator.shape != grad.shape:  # K stacked gradients share one denominator
             return grad / denominator
         return torch.div(grad, denominator, out=denominator)

@@ -10,8 +10,6 @@ explaining one model at once do not interfere.
 from __future__ import annotations
 
 import copy
-import difflib
-import inspect
 import threading
 import types as pytypes
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -21,7 +19,15 @@ import torch
 from torch import Tensor, nn
 
 from funcattr.canonizers import Canonizer, CompositeCanonizer, ParamTransform, identity_transform
-from funcattr.composites import COMPOSITES, Composite, RuleMap, assign_rules, get_composite
+from funcattr.composites import (
+    COMPOSITES,
+    Composite,
+    RuleMap,
+    assign_rules,
+    get_composite,
+    required_arguments,
+    suggest_composites,
+)
 from funcattr.core import Rule, linear_op
 
 __all__ = ["FunctionalModel", "RuledModule", "functionalize", "model_params"]
@@ -219,17 +225,12 @@ def _resolve_composite(composite: Any, owner: str) -> Composite | None:
         return composite
     if isinstance(composite, str):
         if composite not in COMPOSITES:
-            close = difflib.get_close_matches(composite, list(COMPOSITES), n=3)
-            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise ValueError(
                 f"{owner}(composite={composite!r}): expected a registered composite name, got "
-                f"an unknown one; registered names are {', '.join(sorted(COMPOSITES))}.{hint}"
+                f"an unknown one; registered names are {', '.join(sorted(COMPOSITES))}."
+                f"{suggest_composites(composite)}"
             )
-        required = [
-            name for name, parameter in inspect.signature(COMPOSITES[composite]).parameters.items()
-            if parameter.default is inspect.Parameter.empty
-            and parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
-        ]
+        required = required_arguments(composite)
         if required:
             arguments = ", ".join(f"{name}=..." for name in required)
             raise TypeError(

@@ -19,6 +19,7 @@ import pytest
 import torch
 import zennit.canonizers as zcan
 import zennit.composites as zc
+from helpers import snapshot as model_snapshot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
@@ -82,28 +83,15 @@ def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
 
 
 def snapshot(model: nn.Module) -> dict[str, Any]:
-    """Everything a canonizer must leave alone: values, storage, hooks, modes, forwards."""
+    """Everything a canonizer must leave alone: ``helpers.snapshot`` (values, storage, hooks,
+    modes, forwards) plus parameter identity, attribute names and registries."""
     modules = dict(model.named_modules(remove_duplicate=False))
-    state = model.state_dict(keep_vars=True)
     return {
-        "state": {k: v.detach().clone() for k, v in state.items()},
-        "ptrs": {k: v.data_ptr() for k, v in state.items()},
-        "objects": {k: id(v) for k, v in state.items()},
+        **model_snapshot(model),
         "params": [id(p) for p in model.parameters()],
-        "hooks": {
-            name: tuple(len(getattr(m, attr)) for attr in (
-                "_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
-                "_backward_pre_hooks", "_state_dict_hooks", "_load_state_dict_pre_hooks",
-            ))
-            for name, m in modules.items()
-        },
-        "training": {name: m.training for name, m in modules.items()},
-        "forward": {name: m.__dict__.get("forward") for name, m in modules.items()},
         "dicts": {name: sorted(m.__dict__) for name, m in modules.items()},
-        "children": {name: tuple(m._modules) for name, m in modules.items()},
         "registries": {name: (tuple(m._parameters), tuple(m._buffers))
                        for name, m in modules.items()},
-        "requires_grad": {k: v.requires_grad for k, v in model.named_parameters()},
     }
 
 

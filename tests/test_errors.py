@@ -275,6 +275,10 @@ def test_composite_name_that_needs_arguments() -> None:
                        r"pass an instance, e\.g\. composite=funcattr\.composites\.get_composite"
                        r"\('epsilon_gamma_box', low=\.\.\., high=\.\.\.\)\.$"):
         funcattr.functionalize(model, "epsilon_gamma_box")
+    with pytest.raises(TypeError, match=r"^get_composite\(name='epsilon_gamma_box'\): this "
+                       r"composite needs high; pass them, e\.g\. get_composite\("
+                       r"'epsilon_gamma_box', high=\.\.\.\)\.$"):
+        get_composite("epsilon_gamma_box", low=0.0)
     fn, params = funcattr.functionalize(model, get_composite("epsilon_gamma_box", low=-3.0,
                                                              high=3.0))
     assert fn is not None and params

@@ -191,14 +191,6 @@ def image_view(x: Tensor) -> Tensor:
     return x[:, None] if x.ndim == 2 else x
 
 
-def fast_layout(view: Tensor) -> Tensor:
-    """Images in channels-last memory order on CPU (same values; oneDNN convolutions run
-    faster on it), so the perturbed copies built from them inherit that layout."""
-    if view.ndim == 4 and view.device.type == "cpu":
-        return view.contiguous(memory_format=torch.channels_last)
-    return view
-
-
 def pool_attribution(attribution: Any, x: Tensor, owner: str,
                      name: str = "attribution") -> Tensor:
     """Sum an attribution over channels: ``(batch, *spatial)`` of the image view of ``x``."""

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from funcattr.attribution import fast_layout
 from funcattr.metrics._common import (
     Fill,
     Params,
@@ -31,7 +32,6 @@ from funcattr.metrics._common import (
     check_target,
     chunked_scores,
     class_scores,
-    fast_layout,
     fill_tensor,
     image_view,
     make_generator,
