@@ -74,6 +74,7 @@ __all__ = [
     "input_options",
     "load_model",
     "main",
+    "model_from_options",
     "model_options",
     "normalize_relevance",
     "positive_fraction_in_mask",
@@ -536,6 +537,15 @@ def model_options(function: Callable) -> Callable:
     return function
 
 
+def model_from_options(options: dict[str, Any]) -> LoadedModel:
+    """:func:`load_model` with the values of :func:`model_options`."""
+    return load_model(
+        options["model"], options["weights"], device=options["device"],
+        input_size=options["input_size"], normalization=options["normalization"],
+        class_names=options["class_names"],
+    )
+
+
 def image_arguments(function: Callable) -> Callable:
     """The image arguments and ``--recursive`` (shared by subcommands)."""
     options = [
@@ -647,11 +657,7 @@ def run_explain(ctx: click.Context, **options: Any) -> dict:
     quiet = options["quiet"]
     started = time.perf_counter()
     output_dir: Path = options["output"]
-    loaded = load_model(
-        options["model"], options["weights"], device=options["device"],
-        input_size=options["input_size"], normalization=options["normalization"],
-        class_names=options["class_names"],
-    )
+    loaded = model_from_options(options)
     if options["images"]:
         samples = collect_samples(options["images"], recursive=options["recursive"],
                                   exclude=output_dir)

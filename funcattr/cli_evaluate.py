@@ -44,9 +44,9 @@ from funcattr.cli import (
     collect_samples,
     demo_samples,
     image_arguments,
-    load_model,
     load_sample,
     main,
+    model_from_options,
     model_options,
     resolve_canonizers,
 )
@@ -451,11 +451,7 @@ def run_evaluate(ctx: click.Context, **options: Any) -> dict:
     if output_dir.exists() and not output_dir.is_dir():
         raise click.BadParameter(f"{output_dir} exists and is not a folder.",
                                  param_hint="--output")
-    loaded = load_model(
-        options["model"], options["weights"], device=options["device"],
-        input_size=options["input_size"], normalization=options["normalization"],
-        class_names=options["class_names"],
-    )
+    loaded = model_from_options(options)
     if options["images"]:
         samples = collect_samples(options["images"], recursive=options["recursive"],
                                   exclude=output_dir)
