@@ -10,8 +10,8 @@ Workloads on the demo model (``funcattr.demo``, float32, 64x64 RGB), equal work 
 * max-sensitivity: 10 noisy copies in the L-inf ball of radius 0.05, re-explained with the same
   LRP explainer (funcattr's ``epsilon_plus_flat``) on both sides;
 * max-sensitivity with each library's own LRP: Quantus with ``quantus.explain`` (its Zennit
-  back-end, ``epsilon_plus_flat``), funcattr with its explainer; the two give identical
-  explanations (checked and printed).
+  back-end, ``epsilon_plus_flat``), funcattr with its explainer; the two give the same
+  explanations (the largest difference is printed).
 
 Prints the minimum and median seconds of ``--repeats`` alternating runs, the ratio of the
 minima (Quantus / funcattr) and a *ceiling*: the largest speed-up any implementation could
@@ -98,7 +98,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=12, help="samples (default: 12)")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--chunk-size", type=int, default=16)
+    parser.add_argument("--chunk-size", type=int, default=32,
+                        help="inputs per model call (default: 32, the metrics' default)")
     parser.add_argument("--quick", action="store_true", help="batch 4, one repeat")
     args = parser.parse_args()
     if args.quick:
@@ -125,10 +126,10 @@ def main() -> None:
 
     own_explain = explainer(model, "epsilon_plus_flat")  # one-hot seed, as quantus.explain
     zennit_options = {"xai_lib": "zennit", "composite": "epsilon_plus_flat", "reduce_axes": ()}
-    same = np.array_equal(
-        quantus.explain(model, x_np, y_np, device="cpu", **zennit_options),
-        own_explain(images, labels).numpy())
     own_attribution = own_explain(images, labels)
+    zennit_attribution = quantus.explain(model, x_np, y_np, device="cpu", **zennit_options)
+    difference = np.abs(zennit_attribution - own_attribution.numpy()).max() / np.abs(
+        zennit_attribution).max()
 
     # name: (Quantus run, funcattr run of a model (nn.Module or pure fn with params), whether
     # the funcattr run only evaluates the model, i.e. its FLOPs are images x forward FLOPs)
@@ -181,8 +182,8 @@ def main() -> None:
     print(f"demo model, batch {args.batch}, chunk_size {chunk}, torch threads "
           f"{torch.get_num_threads()}, {args.repeats} alternating runs (min / median s)")
     print(f"float32 matrix-product peak {peak / 1e9:.0f} GFLOP/s; demo forward "
-          f"{per_image / 1e6:.1f} MFLOP per image; quantus.explain (Zennit) and funcattr give "
-          f"{'identical' if same else 'DIFFERENT'} LRP explanations")
+          f"{per_image / 1e6:.1f} MFLOP per image; LRP of quantus.explain (Zennit) vs funcattr: "
+          f"max difference {difference:.1e} of the largest relevance")
     print(f"{'workload':<40}{'quantus':>16}{'funcattr':>16}{'speed-up':>10}{'GFLOP':>8}"
           f"{'funcattr GFLOP/s':>18}{'ceiling':>9}")
     for name, (theirs, ours, forward_only) in cases.items():

@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from itertools import product
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -46,6 +46,7 @@ __all__ = [
 
 AttrOutput = Tensor | Callable[[Tensor], Tensor] | None
 Params = Mapping[str, Tensor]
+T = TypeVar("T")
 
 
 def identity(obj: Any) -> Any:
@@ -792,16 +793,26 @@ def fast_layout(view: Tensor) -> Tensor:
     return view
 
 
-def _call_model_channels_last(fn: Callable, params: Params, batch: Tensor, owner: str) -> Tensor:
-    """``_call_model`` on a float32 batch this module built itself, for values only, in
-    :func:`fast_layout`. A model that cannot take those strides (``.view`` on its input) gets
-    the batch contiguous."""
-    if batch.dtype == torch.float32 and not is_transformed(batch):
+def in_fast_layout(call: Callable[[Tensor], T], batch: Tensor) -> T:
+    """``call(batch)``, given ``batch`` in :func:`fast_layout` where that can only be faster.
+
+    For float32 CPU image batches outside function transforms; a model that cannot take those
+    strides (``.view`` on its input) makes ``call`` fail, and is then called with ``batch``
+    as it is.
+    """
+    if batch.ndim == 4 and batch.dtype == torch.float32 and batch.device.type == "cpu" \
+            and not is_transformed(batch):
         try:
-            return _call_model(fn, params, fast_layout(batch), owner)
+            return call(fast_layout(batch))
         except (RuntimeError, ValueError):
             pass  # e.g. "view size is not compatible with input tensor's size and stride"
-    return _call_model(fn, params, batch, owner)
+    return call(batch)
+
+
+def _call_model_channels_last(fn: Callable, params: Params, batch: Tensor, owner: str) -> Tensor:
+    """``_call_model`` on a batch this module built itself, for values only, in
+    :func:`fast_layout` where possible."""
+    return in_fast_layout(lambda view: _call_model(fn, params, view, owner), batch)
 
 
 def _forward_only(fn: Callable) -> Callable:

@@ -79,6 +79,36 @@ def test_sensitivity_chunked_equals_whole_and_batched_explain():
     torch.testing.assert_close(whole, chunked)
 
 
+class _ViewsItsInput(nn.Module):
+    """An old-style model that ``.view``s its image input (fails on channels-last strides)."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(3 * 8 * 8, 5)
+
+    def forward(self, x):
+        return self.linear(x.view(x.shape[0], -1))
+
+
+@pytest.mark.parametrize("make", [small_cnn, _ViewsItsInput], ids=["cnn", "views-input"])
+def test_explainer_result_is_the_attributors_and_contiguous(make):
+    """The explainer runs float32 images channels-last (faster CPU convolutions): the values
+    are the attributor's on the input as given, the result is contiguous, and a model that
+    ``.view``s its input still works."""
+    from funcattr import functionalize, gradient
+    from funcattr.attribution import one_hot
+
+    torch.manual_seed(0)
+    model = make().eval()
+    x = torch.rand(3, 3, 8, 8)
+    target = torch.tensor([0, 2, 4])
+    explained = explainer(model, "epsilon_plus", times_output=True)(x, target)
+    fn, params = functionalize(model, "epsilon_plus")
+    _, expected = gradient(fn, params, x, one_hot(target, times_output=True))
+    assert explained.is_contiguous() and not explained.requires_grad
+    torch.testing.assert_close(explained, expected, rtol=1e-5, atol=1e-7)
+
+
 def test_sensitivity_matches_captum():
     from captum.metrics import sensitivity_max
 
