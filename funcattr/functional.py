@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from funcattr._allocator import warm_allocator
 from funcattr.canonizers import Canonizer, CompositeCanonizer, ParamTransform, identity_transform
 from funcattr.composites import (
     COMPOSITES,
@@ -279,6 +280,7 @@ def functionalize(
             f"functionalize(model={type(model).__name__}): expected a torch.nn.Module."
         )
     composite = _resolve_composite(composite, "functionalize")
+    warm_allocator()
     chain = (composite.canonizers if composite is not None else ()) + _canonizer_list(
         canonizers, "functionalize"
     )

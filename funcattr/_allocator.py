@@ -1,0 +1,36 @@
+"""Let the C allocator keep medium-sized tensor buffers instead of returning them to the OS.
+
+glibc's ``malloc`` serves every block above its *mmap threshold* (128 KiB when a process
+starts) with fresh pages from ``mmap`` and gives them back with ``munmap`` on ``free``, so each
+new buffer of that size is faulted in by the kernel page by page. glibc raises the threshold by
+itself, to the size of the largest mapped block freed so far (up to 32 MiB), and from then on
+serves smaller blocks from its heap, where freed memory is reused without page faults. A process
+that happens to free one large block early runs CPU tensor code much faster than one that
+does not; funcattr's batched work (perturbed inputs in chunks, stacked samples) makes buffers of
+a few MiB over and over, and on the 2-core test machine a fresh process spent 40% of a
+pixel-flipping curve in page faults (100 000 per run) before this.
+
+:func:`warm_allocator` frees one 31 MiB block once per process, which is what glibc would do
+after any such free anyway. It changes no result; with another allocator (macOS, Windows,
+jemalloc) it is one unused allocation.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["warm_allocator"]
+
+#: Just below glibc's largest dynamic mmap threshold (32 MiB on 64-bit systems), so that the
+#: freed block, header included, still counts.
+_BLOCK_BYTES = 31 << 20
+
+_warmed = False
+
+
+def warm_allocator() -> None:
+    """Free one 31 MiB CPU buffer, once per process (see the module docstring)."""
+    global _warmed
+    if not _warmed:
+        _warmed = True
+        torch.empty(_BLOCK_BYTES, dtype=torch.uint8, device="cpu")
