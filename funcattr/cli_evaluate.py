@@ -600,7 +600,8 @@ def run_evaluate(ctx: click.Context, **options: Any) -> dict:
                 )
             except ImportError as error:
                 raise click.ClickException(
-                    f"--plot needs matplotlib ({error}); install it with pip install matplotlib."
+                    f"--plot needs matplotlib ({error}); install it with pip install "
+                    f"'funcattr[plot]' (or pip install matplotlib)."
                 ) from error
         record["seconds_total"] = round(time.perf_counter() - started, 3)
         staging.path(_JSON_FILE).write_text(json.dumps(record, indent=2) + "\n",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 import textwrap
 from pathlib import Path
 
@@ -204,6 +205,15 @@ def test_rerun_replaces_own_outputs_only(tmp_path):
         assert result.exit_code == 0, result.output
     assert sorted(p.name for p in mine.iterdir()) == ["evaluation.json", "table.csv", "table.md"]
 
+
+def test_plot_without_matplotlib_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    out = tmp_path / "out"
+    result = invoke("-n", "1", "-a", "gradient", "-M", "pixel_flipping", "--plot", "-o", out)
+    assert_error(result, "--plot needs matplotlib")
+    assert "pip install 'funcattr[plot]'" in result.stderr
+    assert not out.exists()  # nothing half-written
 
 # --------------------------------------------------------------------------------------------
 # Option parsing
