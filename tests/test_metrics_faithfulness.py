@@ -385,3 +385,23 @@ def test_model_is_not_changed_and_explainer_is_usable():
         assert torch.equal(value, before[key][0]) and value.data_ptr() == before[key][1]
     assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
                    for m in model.modules())
+
+
+def test_bn_merged_model_gives_the_same_curves():
+    """docs/metrics.md: a forward-only metric can evaluate the model with its batch norms
+    merged into the convolutions (faster); the curves equal the module's up to rounding."""
+    from funcattr import functionalize
+    from funcattr.canonizers import SequentialMergeBatchNorm
+    from funcattr.demo import load_demo_model, load_demo_samples
+
+    model = load_demo_model()
+    images, labels, _, _ = load_demo_samples()
+    x, target = images[:3], labels[:3]
+    attribution = torch.rand(3, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    fn, params = functionalize(model, canonizers=SequentialMergeBatchNorm())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fn.view.modules())  # merged
+    merged = pixel_flipping(fn, x, target, attribution, params=params, patch_size=8)
+    module = pixel_flipping(model, x, target, attribution, patch_size=8)
+    for order in ("morf", "lerf"):
+        torch.testing.assert_close(merged.curves[order], module.curves[order],
+                                   rtol=1e-5, atol=1e-4)
