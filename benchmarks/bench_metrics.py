@@ -132,7 +132,8 @@ def main() -> None:
         zennit_attribution).max()
 
     # name: (Quantus run, funcattr run of a model (nn.Module or pure fn with params), whether
-    # the funcattr run only evaluates the model, i.e. its FLOPs are images x forward FLOPs)
+    # the funcattr run only evaluates the model: its FLOPs are then counted as images x forward
+    # FLOPs, because the metrics evaluate under torch.inference_mode, which CountFlops misses)
     cases: dict[str, tuple[Callable[[], object], Callable[..., object], bool]] = {
         "pixel flipping (48 steps)": (
             lambda: quantus.PixelFlipping(

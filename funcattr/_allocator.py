@@ -7,8 +7,8 @@ itself, to the size of the largest mapped block freed so far (up to 32 MiB), and
 serves smaller blocks from its heap, where freed memory is reused without page faults. A process
 that happens to free one large block early runs CPU tensor code much faster than one that
 does not; funcattr's batched work (perturbed inputs in chunks, stacked samples) makes buffers of
-a few MiB over and over, and on the 2-core test machine a fresh process spent 40% of a
-pixel-flipping curve in page faults (100 000 per run) before this.
+a few MiB over and over, and on the 2-core test machine a fresh process spent a third of a
+pixel-flipping curve's time in page faults (100 000 per run) before this.
 
 :func:`warm_allocator` frees one 31 MiB block once per process, which is what glibc would do
 after any such free anyway. It changes no result; with another allocator (macOS, Windows,
