@@ -158,6 +158,17 @@ class SmallCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+class ViewsItsInput(nn.Module):
+    """An old-style model that ``.view``s its image input (fails on channels-last strides)."""
+
+    def __init__(self, image_shape: tuple[int, int, int] = (3, 6, 6), classes: int = 5) -> None:
+        super().__init__()
+        self.linear = nn.Linear(image_shape[0] * image_shape[1] * image_shape[2], classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(x.view(x.shape[0], -1))
+
+
 def _randomise_batchnorm(model: nn.Module, generator: torch.Generator) -> None:
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):

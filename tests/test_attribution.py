@@ -20,6 +20,7 @@ import pytest
 import torch
 import zennit.attribution as za
 import zennit.composites as zc
+from helpers import ViewsItsInput
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
@@ -268,18 +269,7 @@ def test_integrated_gradients_matches_captum_riemann_right(n_iter, rtol):
     assert_close(attribution, expected, rtol=rtol)
 
 
-class _ViewsItsInput(nn.Module):
-    """An old-style model that ``.view``s its image input (fails on channels-last strides)."""
-
-    def __init__(self):
-        super().__init__()
-        self.linear = nn.Linear(3 * 6 * 6, 5)
-
-    def forward(self, x):
-        return self.linear(x.view(x.shape[0], -1))
-
-
-@pytest.mark.parametrize("make", [lambda: cnn().float(), lambda: _ViewsItsInput().float()],
+@pytest.mark.parametrize("make", [lambda: cnn().float(), lambda: ViewsItsInput().float()],
                          ids=["cnn", "views-input"])
 def test_float32_occlusion_equals_one_forward_per_window(make):
     """float32 image batches are evaluated channels-last (faster CPU convolutions): the same

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import ViewsItsInput
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -79,18 +80,8 @@ def test_sensitivity_chunked_equals_whole_and_batched_explain():
     torch.testing.assert_close(whole, chunked)
 
 
-class _ViewsItsInput(nn.Module):
-    """An old-style model that ``.view``s its image input (fails on channels-last strides)."""
-
-    def __init__(self):
-        super().__init__()
-        self.linear = nn.Linear(3 * 8 * 8, 5)
-
-    def forward(self, x):
-        return self.linear(x.view(x.shape[0], -1))
-
-
-@pytest.mark.parametrize("make", [small_cnn, _ViewsItsInput], ids=["cnn", "views-input"])
+@pytest.mark.parametrize("make", [small_cnn, lambda: ViewsItsInput((3, 8, 8))],
+                         ids=["cnn", "views-input"])
 def test_explainer_result_is_the_attributors_and_contiguous(make):
     """The explainer runs float32 images channels-last (faster CPU convolutions): the values
     are the attributor's on the input as given, the result is contiguous, and a model that
