@@ -22,7 +22,9 @@ For linear layers (dense, convolution, transposed convolution) the mechanism use
 the third, the ordinary output ``y`` provides ``f(x; W)`` for free, and input terms that are
 exactly zero (the negative part of a non-negative input, e.g. after a ReLU) are skipped.
 Other modules (BatchNorm, average pooling, ``Sum``, user layers) take a generic path that
-evaluates every term with ``torch.func.functional_call`` and ``torch.func.vjp``.
+evaluates every term with ``torch.func.functional_call`` and pulls it back with
+``torch.func.vjp``, or with a closed-form input VJP for layers that are affine in their input
+(:mod:`funcattr._affine`; those also work when the attribution runs under ``torch.func``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch._C import _functorch
+
+from funcattr._affine import InputVJP, affine_input_vjp
 
 __all__ = [
     "Group",
@@ -379,7 +383,8 @@ class LinearRule(Rule):
         state = forward.state()
         names = tuple(name for name in module._parameters if name in state)
         buffers = {name: value for name, value in state.items() if name not in names}
-        call = _GenericCall(forward.with_state, names, buffers, args[1:], kwargs)
+        call = _GenericCall(forward.with_state, names, buffers, args[1:], kwargs,
+                            affine_input_vjp(module, args[1:], kwargs))
         return modified_gradient(x, output, partial(_generic_rule_backward, plan, call),
                                  *(state[name] for name in names),
                                  recompute=partial(_generic_recompute, call), site=forward,
@@ -959,9 +964,19 @@ class _GenericCall:
     buffers: Mapping[str, Tensor] = field(compare=False)
     args: tuple = field(compare=False)
     kwargs: Mapping[str, Any] = field(compare=False)
+    input_vjp: InputVJP | None = field(default=None, compare=False)  # closed form, if affine
 
     def __call__(self, u: Tensor, params: Mapping[str, Tensor]) -> Tensor:
         return self.with_state({**self.buffers, **params}, u, *self.args, **self.kwargs)
+
+    def vjp(self, u: Tensor, params: Mapping[str, Tensor]
+            ) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        """``(value at u, pullback)`` of ``u -> self(u, params)``."""
+        if self.input_vjp is None:
+            value, pullback = torch.func.vjp(lambda u_: self(u_, params), u)
+            return value, lambda grad: pullback(grad)[0]
+        return self(u, params), partial(self.input_vjp, params=params, buffers=self.buffers,
+                                        u=u)
 
 
 def generic_backward(plan: _Plan, call: _GenericCall, x: Tensor, y: Tensor | None,
@@ -993,7 +1008,7 @@ def _generic_backward(plan: _Plan, call: _GenericCall, x: Tensor, y: Tensor | No
                 for name, value in named.items()
             }
             u = _apply_input_mod(term.input, x)
-            value, pullback = torch.func.vjp(lambda u_, m=modified: call(u_, m), u)
+            value, pullback = call.vjp(u, modified)
             evaluated.append((index, term, u, pullback))
             signed = value if term.sign == 1.0 else term.sign * value
             z_by_group[index] = _add(z_by_group[index], signed)
@@ -1003,7 +1018,7 @@ def _generic_backward(plan: _Plan, call: _GenericCall, x: Tensor, y: Tensor | No
     ]
     relevance = None
     for index, term, u, pullback in evaluated:
-        (vjp,) = pullback(grads[index])
+        vjp = pullback(grads[index])
         contribution = vjp if term.input == "ones" else u * vjp
         relevance = _add(relevance, contribution if term.sign == 1.0 else term.sign * contribution)
     return relevance

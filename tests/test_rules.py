@@ -594,20 +594,16 @@ def test_stacked_output_gradients_equal_one_pullback_each(layer: LayerCase, rule
 _GENERIC_GRAD_XFAIL = pytest.mark.xfail(
     strict=True, raises=RuntimeError,
     reason="torch 2.14: torch.func.grad over torch.func.vjp inside a Function backward "
-           "(generic rule path) hits an internal functorch assert",
+           "(generic rule path, non-affine layer) hits an internal functorch assert",
 )
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="torch 2.14: torch.func.vjp inside a Function backward under vmap "
-                          "(generic rule path) hits an internal functorch assert")
 @pytest.mark.parametrize("make", [lambda: nn.BatchNorm2d(3), lambda: nn.BatchNorm1d(3)],
                          ids=["batchnorm2d", "batchnorm1d"])
 def test_vmap_over_samples_on_batchnorm(make: Callable, seed: int) -> None:
-    """Known failure (funcattr/core.py, generic path): under ``vmap``, the rule's backward on a
-    BatchNorm (which takes ``torch.func.vjp`` of ``F.batch_norm`` inside the Function's
-    backward) raises ``RuntimeError: batched == nullptr INTERNAL ASSERT FAILED``
-    (torch 2.14.1). A plain ``vmap`` of ``vjp`` of the same module works."""
+    """BatchNorm takes the generic rule path; its input VJP is computed in closed form
+    (funcattr/_affine.py), so ``vmap`` over samples works (a ``torch.func.vjp`` inside the
+    Function's backward raised ``batched == nullptr INTERNAL ASSERT FAILED`` in torch 2.14)."""
     torch.manual_seed(seed)
     model = _one_layer(make()).eval()
     x = _inputs((3, 4, 4) if isinstance(model[0], nn.BatchNorm2d) else (3,), seed, "mixed")
@@ -618,15 +614,22 @@ def test_vmap_over_samples_on_batchnorm(make: Callable, seed: int) -> None:
 
 
 @pytest.mark.parametrize(("make", "rule"), [
-    pytest.param(lambda: nn.AvgPool2d(2), fr.Norm(), marks=_GENERIC_GRAD_XFAIL),
-    pytest.param(lambda: nn.BatchNorm2d(3), fr.Epsilon(), marks=_GENERIC_GRAD_XFAIL),
+    (lambda: nn.AvgPool2d(2), fr.Norm()),
+    (lambda: nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False), fr.Norm()),
+    (lambda: nn.AdaptiveAvgPool2d(2), fr.Norm()),
+    (lambda: nn.BatchNorm2d(3), fr.Epsilon()),
+    (lambda: nn.BatchNorm2d(3), fr.ZPlus()),
     (lambda: nn.Conv2d(3, 3, 1), fr.Epsilon()),
-], ids=["avgpool-norm", "batchnorm-epsilon", "conv-epsilon"])
+    pytest.param(lambda: nn.GroupNorm(1, 3), fr.Epsilon(), marks=_GENERIC_GRAD_XFAIL),
+], ids=["avgpool-norm", "avgpool-padded-norm", "adaptive-avgpool-norm", "batchnorm-epsilon",
+        "batchnorm-zplus", "conv-epsilon", "groupnorm-epsilon"])
 def test_grad_of_an_explanation_by_torch_func_equals_autograd(make: Callable, rule: Any) -> None:
     """The derivative of an explanation with respect to a parameter, by ``torch.func.grad``
-    and by autograd. Known failure (funcattr/core.py, generic path): for AvgPool and BatchNorm
-    ``torch.func.grad`` raises ``RuntimeError: level.has_value() && level <= current_level
-    INTERNAL ASSERT FAILED`` (torch 2.14.1); the fast path (convolution) works."""
+    and by autograd. The convolution takes the fast path; average pooling and BatchNorm the
+    generic path with a closed-form input VJP (funcattr/_affine.py). Known failure: a
+    non-affine layer on the generic path (GroupNorm) takes ``torch.func.vjp`` inside the
+    Function's backward, and ``torch.func.grad`` over it raises ``RuntimeError: level.has_value()
+    && level <= current_level INTERNAL ASSERT FAILED`` (torch 2.14.1)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 3, 1), make(), nn.Flatten(), nn.LazyLinear(2)).eval()
     x = torch.randn(2, 3, 4, 4)

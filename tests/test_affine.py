@@ -1,0 +1,92 @@
+"""funcattr._affine: closed-form input VJPs of the affine layers on the generic rule path."""
+
+import pytest
+import torch
+from torch import nn
+
+from funcattr._affine import affine_input_vjp
+from funcattr.layer import Sum
+
+
+def _bn(cls, features, affine=True):
+    module = cls(features, affine=affine).double().eval()
+    generator = torch.Generator().manual_seed(3)
+    module.running_mean.copy_(torch.randn(features, generator=generator, dtype=torch.float64))
+    module.running_var.copy_(torch.rand(features, generator=generator, dtype=torch.float64) + .5)
+    if affine:
+        module.weight.data.normal_(generator=generator)
+        module.bias.data.normal_(generator=generator)
+    return module
+
+
+CASES = [
+    (lambda: _bn(nn.BatchNorm1d, 3), (4, 3)),
+    (lambda: _bn(nn.BatchNorm1d, 3), (4, 3, 5)),
+    (lambda: _bn(nn.BatchNorm2d, 3), (2, 3, 5, 6)),
+    (lambda: _bn(nn.BatchNorm2d, 3, affine=False), (2, 3, 5, 6)),
+    (lambda: _bn(nn.BatchNorm3d, 2), (2, 2, 3, 4, 5)),
+    (lambda: nn.AvgPool1d(3, stride=2, padding=1), (2, 3, 9)),
+    (lambda: nn.AvgPool1d(2, ceil_mode=True, count_include_pad=False), (2, 3, 7)),
+    (lambda: nn.AvgPool2d(2), (2, 3, 6, 6)),
+    (lambda: nn.AvgPool2d(2), (3, 6, 6)),  # unbatched
+    (lambda: nn.AvgPool2d((3, 2), stride=(1, 2), padding=(1, 0), ceil_mode=True), (2, 3, 7, 7)),
+    (lambda: nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False), (2, 3, 5, 5)),
+    (lambda: nn.AvgPool2d(2, divisor_override=3), (2, 3, 6, 6)),
+    (lambda: nn.AvgPool3d(2, stride=1, padding=1, divisor_override=5), (2, 2, 4, 4, 4)),
+    (lambda: nn.AdaptiveAvgPool1d(4), (2, 3, 10)),
+    (lambda: nn.AdaptiveAvgPool2d((3, 2)), (2, 3, 7, 5)),
+    (lambda: nn.AdaptiveAvgPool2d(1), (3, 7, 5)),
+    (lambda: nn.AdaptiveAvgPool3d(2), (2, 2, 5, 4, 3)),
+    (lambda: Sum(), (2, 3, 4, 2)),
+    (lambda: Sum(dim=1), (2, 3, 4)),
+]
+
+
+@pytest.mark.parametrize(("make", "shape"), CASES, ids=lambda v: None)
+def test_closed_form_equals_autograd(make, shape):
+    module = make()
+    vjp = affine_input_vjp(module, (), {})
+    assert vjp is not None
+    generator = torch.Generator().manual_seed(0)
+    u = torch.randn(shape, generator=generator, dtype=torch.float64)
+    output, pullback = torch.func.vjp(module, u)
+    grad = torch.randn(output.shape, generator=generator, dtype=torch.float64)
+    params = dict(module.named_parameters())
+    buffers = dict(module.named_buffers())
+    expected = pullback(grad)[0]
+    torch.testing.assert_close(vjp(grad, params=params, buffers=buffers, u=u), expected,
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_batch_norm_vjp_uses_the_given_weight():
+    """The rules modify the parameters (ZPlus: the positive weight): the VJP must use the
+    weight it is given, not the module's."""
+    module = _bn(nn.BatchNorm2d, 3)
+    vjp = affine_input_vjp(module, (), {})
+    u = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    grad = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    positive = {"weight": module.weight.clamp(min=0), "bias": torch.zeros(3, dtype=torch.float64)}
+    buffers = dict(module.named_buffers())
+
+    def modified(v):
+        return torch.func.functional_call(module, {**positive, **buffers}, (v,))
+
+    expected = torch.func.vjp(modified, u)[1](grad)[0]
+    torch.testing.assert_close(vjp(grad, params=positive, buffers=buffers, u=u), expected)
+
+
+class _OwnAvgPool(nn.AvgPool2d):
+    def forward(self, x):
+        return super().forward(x) * 2
+
+
+@pytest.mark.parametrize(("module", "args"), [
+    (nn.BatchNorm2d(3).train(), ()),  # batch statistics: not affine in the input
+    (nn.BatchNorm2d(3, track_running_stats=False).eval(), ()),
+    (_OwnAvgPool(2), ()),  # an overridden forward
+    (nn.AvgPool2d(2), (torch.zeros(1),)),  # more arguments than the input
+    (nn.LayerNorm(3), ()),
+    (nn.Identity(), ()),
+])
+def test_other_layers_have_no_closed_form(module, args):
+    assert affine_input_vjp(module, args, {}) is None
