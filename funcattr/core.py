@@ -1166,7 +1166,11 @@ def modified_gradient(x: Tensor, y: Tensor, backward: Callable, *tensors: Tensor
 def _elementwise_backward(ctx: Any, grad: Tensor) -> tuple:
     (x,) = ctx.saved_tensors
     if not ctx.rule_applies:  # the true derivative, recomputed (only for higher orders)
-        return torch.func.vjp(ctx.forward, x)[1](grad)[0], None, None, None, None
+        forward = ctx.forward
+        if ctx.in_place:  # ReLU(inplace=True): keep the saved input intact
+            def forward(u: Tensor) -> Tensor:
+                return ctx.forward(u.clone())
+        return torch.func.vjp(forward, x)[1](grad)[0], None, None, None, None
     return ctx.backward_fn(x, grad), None, None, None, None
 
 
@@ -1185,9 +1189,9 @@ class _ElementwiseRule(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, forward, backward_fn, _reads_input, _in_place = inputs
+        x, forward, backward_fn, _reads_input, in_place = inputs
         ctx.save_for_backward(x)
-        ctx.forward, ctx.backward_fn = forward, backward_fn
+        ctx.forward, ctx.backward_fn, ctx.in_place = forward, backward_fn, in_place
         _record_level(ctx)
 
     backward = staticmethod(_elementwise_backward)
@@ -1202,7 +1206,7 @@ class _EagerElementwiseRule(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, forward, backward_fn, reads_input, in_place):
-        ctx.forward, ctx.backward_fn = forward, backward_fn
+        ctx.forward, ctx.backward_fn, ctx.in_place = forward, backward_fn, in_place
         _record_level(ctx)
         if in_place and not reads_input and ctx.rule_applies and _may_overwrite(x):
             y = forward(x)

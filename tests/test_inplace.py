@@ -136,6 +136,31 @@ def test_create_graph_through_plain_autograd_matches_torch_func(rng):
     assert expected.abs().sum() > 0
 
 
+
+def test_derivative_of_an_explanation_through_an_inplace_relu(rng):
+    """``funcattr.gradient`` differentiated by plain autograd and by ``torch.func.grad``: the
+    outer derivative recomputes each activation's true derivative, which must not run an
+    in-place ReLU on its saved input (it raised "a leaf Variable that requires grad is being
+    used in an in-place operation"); the result is the out-of-place model's."""
+    inplace, plain, x = _pair(rng)
+    seed = torch.tensor([[1.0, -2.0, 0.5]]).expand(3, 3)
+    name = "0.weight"
+    results = []
+    for model in (inplace, plain):
+        fn, params = funcattr.functionalize(model, EpsilonPlusFlat())
+
+        def loss(weight, fn=fn, params=params):
+            relevance = funcattr.gradient(fn, {**params, name: weight}, x, seed)[1]
+            return (relevance ** 2).sum()
+
+        weight = params[name].clone().requires_grad_(True)
+        (by_autograd,) = torch.autograd.grad(loss(weight), weight)
+        by_func = torch.func.grad(loss)(params[name])
+        torch.testing.assert_close(by_func, by_autograd, rtol=1e-10, atol=1e-12)
+        results.append(by_autograd)
+    torch.testing.assert_close(results[0], results[1], rtol=1e-12, atol=1e-12)
+    assert results[0].abs().sum() > 0
+
 def test_changed_params_are_seen_at_once(rng):
     """Nothing derived from the weights (W+, ...) outlives a call: new params, params changed
     in place and params changed through ``.data`` (no version bump) all count at once."""

@@ -355,3 +355,35 @@ def test_full_models_relevance_equals_zennit(name, composite):
     actual = funcattr_relevance(model, funcattr_cls(canonizers=[FULL[name]()], **kwargs),
                                 x, grad)
     assert_close(actual, expected, ZENNIT_RTOL)
+
+
+@pytest.mark.parametrize("canonize", [False, True], ids=["batchnorm-generic", "canonized"])
+def test_small_resnet_composes_with_vmap_and_grad(canonize):
+    """Per-sample ``vmap`` of an attribution equals the batched one, and ``torch.func.grad``
+    of an explanation loss equals autograd's, through a ResNet whose BatchNorms (without a
+    canonizer), residual ``Sum`` layers (with one) and adaptive pooling take the generic rule
+    path."""
+    model = small_resnet(BasicBlock, seed=3)
+    canonizers = None if canonize else ()
+    composite = fc.EpsilonPlusFlat() if canonize else fc.EpsilonPlusFlat(canonizers=[])
+    fn, params = funcattr.functionalize(model, composite, canonizers)
+    x = _input((3, 3, 32, 32))
+    seeds = torch.eye(5, dtype=x.dtype)[[1, 4, 2]]
+
+    _, batched = funcattr.gradient(fn, params, x, seeds)
+
+    def one(sample: Tensor, seed: Tensor) -> Tensor:
+        return funcattr.gradient(fn, params, sample[None], seed[None])[1][0]
+
+    torch.testing.assert_close(torch.vmap(one)(x, seeds), batched, rtol=1e-9, atol=1e-12)
+
+    name = "conv1.weight"
+
+    def loss(weight: Tensor) -> Tensor:
+        relevance = funcattr.gradient(fn, {**params, name: weight}, x, seeds)[1]
+        return (relevance**2).sum()
+
+    weight = params[name].clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(loss(weight), weight)
+    torch.testing.assert_close(torch.func.grad(loss)(params[name]), expected, rtol=1e-8,
+                               atol=1e-12)
