@@ -50,4 +50,7 @@ def test_functionalize_serves_medium_buffers_from_the_heap(warm, expected):
     probe = _PROBE.replace("{warm}", warm)
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                             check=True)
-    assert result.stdout.split()[-2:] == expected.split()
+    cold, from_heap = result.stdout.split()[-2:]
+    if cold != "True":
+        pytest.skip("glibc's mmap threshold was already above 4 MiB after importing torch")
+    assert f"{cold} {from_heap}" == expected
