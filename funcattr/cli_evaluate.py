@@ -417,7 +417,7 @@ def _is_our_folder(folder: Path) -> bool:
               help="Seed of the metrics' random draws (the same for every method) and of "
                    "smoothgrad's noise.")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None,
-              help="Inputs per model or attributor call [default: about 2^20 pixels].")
+              help="Inputs per model or attributor call [default: about 2^18 pixels].")
 @click.option("--plot", is_flag=True,
               help="Also draw the perturbation curves: pixel_flipping.png (and "
                    "region_perturbation.png).")

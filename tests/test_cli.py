@@ -18,6 +18,7 @@ from PIL import Image
 from funcattr import COMPOSITES
 from funcattr.cli import (
     ATTRIBUTORS,
+    auto_chunk_size,
     dilate_mask,
     main,
     normalize_relevance,
@@ -656,3 +657,15 @@ def test_failure_inside_the_attributor(tmp_path, monkeypatch):
     result = invoke(*args)
     assert isinstance(result.exception, RuntimeError)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("shape", "expected"), [
+    ((1, 3, 64, 64), 64),  # funcattr evaluate: 64 demo images per model call
+    ((12, 3, 64, 64), 5),  # funcattr explain: 5 noisy copies of the 12 demo images per step
+    ((16, 3, 224, 224), 1),  # one copy of an ImageNet batch
+    ((1, 3, 2048, 2048), 1),  # never zero
+])
+def test_auto_chunk_size_keeps_steps_near_2_to_the_18_pixels(shape, expected):
+    """Steps of about 2^18 input pixels per channel: small enough that a CNN's first
+    activations stay below glibc's 32 MiB mmap threshold (faster, see funcattr.cli)."""
+    assert auto_chunk_size(torch.zeros(shape)) == expected
