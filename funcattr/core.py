@@ -385,7 +385,7 @@ class LinearRule(Rule):
         buffers = {name: value for name, value in state.items() if name not in names}
         call = _GenericCall(forward.with_state, names, buffers, args[1:], kwargs,
                             affine_input_vjp(module, args[1:], kwargs))
-        return modified_gradient(x, output, partial(_generic_rule_backward, plan, call),
+        return modified_gradient(x, output, partial(generic_backward, plan, call),
                                  *(state[name] for name in names),
                                  recompute=partial(_generic_recompute, call), site=forward,
                                  keep_output=any(group.gate for group in plan.groups))
@@ -418,10 +418,6 @@ _PLANS: dict[Any, Any] = {}
 def _linear_backward(plan, op, x, y, tensors, grad):
     weight, bias = tensors
     return lrp_backward(plan, op, x, y, weight, bias, grad)
-
-
-def _generic_rule_backward(plan, call, x, y, tensors, grad):
-    return generic_backward(plan, call, x, y, tensors, grad)
 
 
 def _linear_recompute(op, x, tensors):
@@ -1166,12 +1162,15 @@ def modified_gradient(x: Tensor, y: Tensor, backward: Callable, *tensors: Tensor
 def _elementwise_backward(ctx: Any, grad: Tensor) -> tuple:
     (x,) = ctx.saved_tensors
     if not ctx.rule_applies:  # the true derivative, recomputed (only for higher orders)
-        forward = ctx.forward
-        if ctx.in_place:  # ReLU(inplace=True): keep the saved input intact
-            def forward(u: Tensor) -> Tensor:
-                return ctx.forward(u.clone())
-        return torch.func.vjp(forward, x)[1](grad)[0], None, None, None, None
+        return torch.func.vjp(ctx.forward, x)[1](grad)[0], None, None, None, None
     return ctx.backward_fn(x, grad), None, None, None, None
+
+
+def _out_of_place(forward: Callable[[Tensor], Tensor], in_place: bool
+                  ) -> Callable[[Tensor], Tensor]:
+    """``forward`` that leaves its input intact: an in-place one (``ReLU(inplace=True)``)
+    gets a copy."""
+    return (lambda u: forward(u.clone())) if in_place else forward
 
 
 def _fresh(y: Tensor, x: Tensor) -> Tensor:
@@ -1185,13 +1184,13 @@ class _ElementwiseRule(torch.autograd.Function):
 
     @staticmethod
     def forward(x, forward, backward_fn, reads_input, in_place):
-        return _fresh(forward(x.clone() if in_place else x), x)
+        return _fresh(_out_of_place(forward, in_place)(x), x)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, forward, backward_fn, _reads_input, in_place = inputs
         ctx.save_for_backward(x)
-        ctx.forward, ctx.backward_fn, ctx.in_place = forward, backward_fn, in_place
+        ctx.forward, ctx.backward_fn = _out_of_place(forward, in_place), backward_fn
         _record_level(ctx)
 
     backward = staticmethod(_elementwise_backward)
@@ -1206,7 +1205,7 @@ class _EagerElementwiseRule(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, forward, backward_fn, reads_input, in_place):
-        ctx.forward, ctx.backward_fn, ctx.in_place = forward, backward_fn, in_place
+        ctx.forward, ctx.backward_fn = _out_of_place(forward, in_place), backward_fn
         _record_level(ctx)
         if in_place and not reads_input and ctx.rule_applies and _may_overwrite(x):
             y = forward(x)
@@ -1215,7 +1214,7 @@ class _EagerElementwiseRule(torch.autograd.Function):
                 ctx.mark_dirty(x)
                 return x
         else:
-            y = forward(x.clone() if in_place else x)
+            y = ctx.forward(x)
         ctx.save_for_backward(x)
         return _fresh(y, x)
 
