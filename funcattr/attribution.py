@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
-from funcattr.core import _peek, is_differentiated, is_transformed, rules_at_this_level
+from funcattr.core import concrete_value, is_differentiated, is_transformed, rules_at_this_level
 
 __all__ = [
     "Attributor",
@@ -130,7 +130,7 @@ def one_hot(target: int | Sequence[int] | Tensor | None = None, *,
                 f"one_hot(target={target!r}): expected one target or one per sample ({batch}), "
                 f"got {tuple(index.shape)}."
             )
-        plain = _peek(index)
+        plain = concrete_value(index)
         if plain is not None and bool(((plain < 0) | (plain >= classes)).any()):
             raise ValueError(
                 f"one_hot(target={target!r}): target out of range for an output with {classes} "
@@ -149,7 +149,7 @@ def one_hot(target: int | Sequence[int] | Tensor | None = None, *,
 def _check_input(input: Any, owner: str) -> None:
     if not isinstance(input, Tensor):
         raise TypeError(f"{owner}(input={type(input).__name__}): expected a torch.Tensor.")
-    plain = _peek(input)
+    plain = concrete_value(input)
     if plain is not None and plain.is_floating_point() and not bool(torch.isfinite(plain).all()):
         raise ValueError(
             f"{owner}(input=tensor of shape {tuple(input.shape)}): expected finite values, got "
@@ -879,7 +879,7 @@ def _target_index(targets: Any, output: Tensor, owner: str) -> Tensor:
             f"(the same for every sample) or a (K, batch={batch}) tensor, got shape "
             f"{tuple(index.shape)}."
         )
-    plain = _peek(index)
+    plain = concrete_value(index)
     if plain is not None and bool(((plain < 0) | (plain >= classes)).any()):
         raise ValueError(
             f"{owner}(targets={shown!r}): target out of range for an output with {classes} "

@@ -19,7 +19,6 @@ the model's real data flow (``torch.fx``) instead of in the order of its childre
 
 from __future__ import annotations
 
-import copy
 import types as pytypes
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -30,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from funcattr import types
+from funcattr.module_tree import shallow_copy
 
 __all__ = [
     "AttributeCanonizer",
@@ -165,15 +165,7 @@ class ViewBuilder:
             raise ValueError(f"ViewBuilder.edit(module={type(module).__name__}): the module was "
                              f"replaced already; edit it before replacing it.")
         if id(module) not in self._copies:
-            new = copy.copy(module)
-            state = new.__dict__
-            state["_parameters"] = dict(module._parameters)
-            state["_buffers"] = dict(module._buffers)
-            state["_non_persistent_buffers_set"] = set(module._non_persistent_buffers_set)
-            state["_modules"] = dict(module._modules)
-            for key, value in list(state.items()):  # instance methods follow the copy
-                if isinstance(value, pytypes.MethodType) and value.__self__ is module:
-                    state[key] = pytypes.MethodType(value.__func__, new)
+            new = shallow_copy(module)
             self._copies[id(module)] = new
         return self._copies[id(module)]
 

@@ -54,6 +54,7 @@ __all__ = [
     "Rule",
     "Stabilizer",
     "Term",
+    "concrete_value",
     "expand",
     "is_differentiated",
     "is_transformed",
@@ -537,7 +538,7 @@ def linear_op(module: nn.Module, kwargs: Mapping[str, Any] | None = None) -> _Li
 # The generic rule
 # --------------------------------------------------------------------------------------------
 
-def _peek(tensor: Tensor) -> Tensor | None:
+def concrete_value(tensor: Tensor) -> Tensor | None:
     """The plain tensor under functorch wrappers, or ``None`` if its values cannot be read.
 
     Values are unreadable under ``vmap`` (batched), while compiling, and for fake tensors.
@@ -587,7 +588,7 @@ def is_differentiated(values: Iterable[Any]) -> bool:
 
 def _input_sign(x: Tensor) -> str | None:
     """``'nonnegative'`` / ``'nonpositive'`` when ``x`` provably is, else ``None``."""
-    plain = _peek(x)
+    plain = concrete_value(x)
     if plain is None or plain.numel() == 0:
         return None
     low, high = torch.aminmax(plain)

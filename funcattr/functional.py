@@ -9,7 +9,6 @@ explaining one model at once do not interfere.
 
 from __future__ import annotations
 
-import copy
 import threading
 import types as pytypes
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -30,6 +29,7 @@ from funcattr.composites import (
     suggest_composites,
 )
 from funcattr.core import Rule, linear_op
+from funcattr.module_tree import clone_tree, shallow_copy
 
 __all__ = ["FunctionalModel", "RuledModule", "functionalize", "model_params"]
 
@@ -39,26 +39,6 @@ def model_params(model: nn.Module) -> dict[str, Tensor]:
     params = {name: value.detach() for name, value in model.named_parameters()}
     params.update({name: value.detach() for name, value in model.named_buffers()})
     return params
-
-
-def _clone_tree(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
-    """Shallow-copy a module tree: new module objects and registries, the same tensors."""
-    if id(module) in memo:
-        return memo[id(module)]
-    new = copy.copy(module)
-    memo[id(module)] = new
-    state = new.__dict__
-    state["_parameters"] = dict(module._parameters)
-    state["_buffers"] = dict(module._buffers)
-    state["_non_persistent_buffers_set"] = set(module._non_persistent_buffers_set)
-    state["_modules"] = {
-        name: None if child is None else _clone_tree(child, memo)
-        for name, child in module._modules.items()
-    }
-    for key, value in list(state.items()):  # re-bind instance methods (e.g. a forward override)
-        if isinstance(value, pytypes.MethodType) and value.__self__ is module:
-            state[key] = pytypes.MethodType(value.__func__, new)
-    return new
 
 
 def _original_forward(module: nn.Module) -> Callable[..., Any]:
@@ -78,9 +58,7 @@ class LayerCall:
     def __init__(self, module: nn.Module) -> None:
         self.module = module
         self.forward = _original_forward(module)
-        inner = copy.copy(module)  # same children; own registries, so swapping is private
-        inner.__dict__["_parameters"] = dict(module._parameters)
-        inner.__dict__["_buffers"] = dict(module._buffers)
+        inner = shallow_copy(module)  # same children; own registries, so swapping is private
         inner.__dict__.pop("forward", None)
         if module.__dict__.get("forward") is not None:
             inner.__dict__["forward"] = pytypes.MethodType(self.forward.__func__, inner)
@@ -124,7 +102,7 @@ def _install(tree: nn.Module, tensors: Mapping[str, Tensor]) -> None:
 
 def _build_tree(view: nn.Module, rules: RuleMap) -> nn.Module:
     memo: dict[int, nn.Module] = {}
-    tree = _clone_tree(view, memo)
+    tree = clone_tree(view, memo)
     for name, rule in rules.items():
         clone = memo[id(rules.modules[name])]
         if getattr(clone, "inplace", None) is True and getattr(rule, "reads_input", True):
@@ -185,6 +163,14 @@ class FunctionalModel:
             self._plain = FunctionalModel(self.view, RuleMap({}, {}), self.transform,
                                           self._resident)
         return self._plain
+
+    def module_tree(self) -> nn.Module:
+        """A new private copy of the rule-applied module tree (the model's tensors, shared).
+
+        Hooks registered on it never reach the user's model; :func:`funcattr.metrics.conservation`
+        uses it to probe each layer.
+        """
+        return _build_tree(self.view, self.rules)
 
     def _tree(self) -> nn.Module:
         tree = getattr(self._local, "tree", None)

@@ -171,7 +171,8 @@ def test_smooth_grad_global_generator_draws_zennits_noise():
         _, expected = attributor(x, zennit_seed(TARGETS))
     torch.manual_seed(3)
     _, attribution = smooth_grad(fn, params, x, one_hot(TARGETS, times_output=True), n_iter=5)
-    assert torch.equal(attribution, expected)
+    # the same noise draws; the batched sum over samples may round differently per CPU
+    assert_close(attribution, expected)
 
 
 @pytest.mark.parametrize(("name", "ours", "theirs"), COMPOSITES, ids=COMPOSITE_IDS)

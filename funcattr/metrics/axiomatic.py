@@ -200,13 +200,12 @@ def conservation(
     >>> print(conservation(model, x, y, composite="epsilon_plus"))  # doctest: +SKIP
     """
     from funcattr.attribution import one_hot
-    from funcattr.functional import _build_tree
 
     owner = "conservation"
     fn, params = _resolve(model, composite, canonizers, params)
     x = check_input(x, owner)
     target = check_target(target, x.shape[0], owner)
-    tree = _build_tree(fn.view, fn.rules)  # private copy: hooks never reach the model
+    tree = fn.module_tree()  # private copy: hooks never reach the model
     modules = dict(tree.named_modules())
     names = [name for name, module in modules.items()
              if name in fn.rules or (leaves and name and not module._modules)]
