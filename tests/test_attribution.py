@@ -194,7 +194,7 @@ def test_integrated_gradients_matches_zennit(name, ours, theirs, baseline):
     assert_close(attribution, expected)
 
 
-def test_integrated_gradients_zennit_float32_alphas_bit_for_bit():
+def test_integrated_gradients_zennit_float32_alphas():
     """Zennit's alphas live in the default dtype (float32 here); alpha_dtype reproduces them."""
     model, x = cnn(), data(5)
     fn, params = funcattr.functionalize(model)
@@ -210,9 +210,12 @@ def test_integrated_gradients_zennit_float32_alphas_bit_for_bit():
     _, exact = integrated_gradients(fn, params, x, zennit_seed(TARGETS), n_iter=3,
                                     alpha_dtype=torch.float32)
     _, precise = integrated_gradients(fn, params, x, zennit_seed(TARGETS), n_iter=3)
-    assert torch.equal(from_class, expected)
-    assert torch.equal(exact, expected)
-    assert not torch.equal(precise, expected)  # float64 alphas 1/3, 2/3 differ from float32
+    # equal up to float64 summation order (which differs between CPUs), far below the
+    # float32 rounding of the alphas that float64 alphas 1/3, 2/3 show
+    assert_close(from_class, expected, rtol=1e-13)
+    assert_close(exact, expected, rtol=1e-13)
+    scale = expected.abs().max()
+    assert (precise - expected).abs().max() > 1e-10 * scale
     assert_close(precise, expected, rtol=1e-6)
 
 
