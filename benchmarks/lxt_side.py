@@ -11,8 +11,9 @@ Options: ``--rounds N`` (default 7), ``--quick`` (3 rounds, vit_b_16 and MiniLM 
 float32, one thread (``torch.set_num_threads(1)``), parameters frozen, every method warmed up
 first. The methods of a workload are timed in alternation, one call each per round (the order
 rotates per round), so that load from other processes on the machine hits them alike; the table
-gives the median and the range of the seconds, and the median and range over rounds of each
-round's ratio to that round's plain gradient.
+gives the median and the range of the seconds, the median and range over rounds of each round's
+ratio to that round's plain gradient, and the ratio of the fastest calls (``min/min``: the least
+disturbed by other processes).
 
 Workloads and methods (the models of ``tests/reference/lxt/models.py`` where they exist):
 
@@ -251,14 +252,17 @@ def measure(states: lxt_recipes.PatchStates, tasks: list[Task], rounds: int) -> 
 def report(workload: str, tasks: list[Task], seconds: dict[str, list[float]]) -> None:
     base = seconds[tasks[0].label]
     print(f"\n{workload}")
-    print(f"  {'method':<30} {'median s':>9} {'min..max s':>17} {'x plain':>8} {'min..max':>13}")
+    print(
+        f"  {'method':<30} {'median s':>9} {'min..max s':>17} {'x plain':>8} {'min..max':>13}"
+        f" {'min/min':>8}"
+    )
     for task in tasks:
         times = seconds[task.label]
         ratios = [t / b for t, b in zip(times, base)]
         print(
             f"  {task.label:<30} {statistics.median(times):9.4f}"
             f" {min(times):8.4f}..{max(times):<8.4f} {statistics.median(ratios):8.3f}"
-            f" {min(ratios):6.3f}..{max(ratios):<6.3f}",
+            f" {min(ratios):6.3f}..{max(ratios):<6.3f} {min(times) / min(base):8.3f}",
             flush=True,
         )
 
