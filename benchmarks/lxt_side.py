@@ -10,10 +10,12 @@ Options: ``--rounds N`` (default 7), ``--quick`` (3 rounds, vit_b_16 and MiniLM 
 
 float32, one thread (``torch.set_num_threads(1)``), parameters frozen, every method warmed up
 first. The methods of a workload are timed in alternation, one call each per round (the order
-rotates per round), so that load from other processes on the machine hits them alike; the table
-gives the median and the range of the seconds, the median and range over rounds of each round's
-ratio to that round's plain gradient, and the ratio of the fastest calls (``min/min``: the least
-disturbed by other processes).
+rotates per round), so that load from other processes on the machine hits them alike. Each call
+is timed by two clocks: wall time (``perf_counter``) and this process' CPU time
+(``process_time``; with one thread it leaves out the time other processes hold the core, so it
+is the steadier figure on a shared machine). Per clock the table gives the median and range of
+the seconds, the median and range over rounds of each round's ratio to that round's plain
+gradient, and the ratio of the fastest calls (``min/min``).
 
 Workloads and methods (the models of ``tests/reference/lxt/models.py`` where they exist):
 
@@ -234,37 +236,42 @@ def check_states(states: lxt_recipes.PatchStates, tasks: list[Task]) -> dict[str
     return first
 
 
-def measure(states: lxt_recipes.PatchStates, tasks: list[Task], rounds: int) -> dict[str, list]:
+def measure(
+    states: lxt_recipes.PatchStates, tasks: list[Task], rounds: int
+) -> dict[str, dict[str, list[float]]]:
+    """Per clock ("wall": ``perf_counter``, "cpu": ``process_time``), per task, the seconds."""
     for task in tasks:  # warm-up (check_states already ran each twice)
         states.activate(task.state)
         task.run()
-    seconds: dict[str, list[float]] = {task.label: [] for task in tasks}
+    seconds = {clock: {task.label: [] for task in tasks} for clock in ("wall", "cpu")}
     for r in range(rounds):
         for task in tasks[r % len(tasks) :] + tasks[: r % len(tasks)]:
             states.activate(task.state)
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             task.run()
-            seconds[task.label].append(time.perf_counter() - start)
+            seconds["cpu"][task.label].append(time.process_time() - cpu)
+            seconds["wall"][task.label].append(time.perf_counter() - wall)
     states.activate("plain")
     return seconds
 
 
-def report(workload: str, tasks: list[Task], seconds: dict[str, list[float]]) -> None:
-    base = seconds[tasks[0].label]
+def report(workload: str, tasks: list[Task], seconds: dict[str, dict[str, list[float]]]) -> None:
     print(f"\n{workload}")
     print(
-        f"  {'method':<30} {'median s':>9} {'min..max s':>17} {'x plain':>8} {'min..max':>13}"
-        f" {'min/min':>8}"
+        f"  {'method':<30} {'clock':<5} {'median s':>9} {'min..max s':>17} {'x plain':>8}"
+        f" {'min..max':>13} {'min/min':>8}"
     )
     for task in tasks:
-        times = seconds[task.label]
-        ratios = [t / b for t, b in zip(times, base)]
-        print(
-            f"  {task.label:<30} {statistics.median(times):9.4f}"
-            f" {min(times):8.4f}..{max(times):<8.4f} {statistics.median(ratios):8.3f}"
-            f" {min(ratios):6.3f}..{max(ratios):<6.3f} {min(times) / min(base):8.3f}",
-            flush=True,
-        )
+        for clock, by_task in seconds.items():
+            base, times = by_task[tasks[0].label], by_task[task.label]
+            ratios = [t / b for t, b in zip(times, base)]
+            print(
+                f"  {task.label if clock == 'wall' else '':<30} {clock:<5}"
+                f" {statistics.median(times):9.4f} {min(times):8.4f}..{max(times):<8.4f}"
+                f" {statistics.median(ratios):8.3f} {min(ratios):6.3f}..{max(ratios):<6.3f}"
+                f" {min(times) / min(base):8.3f}",
+                flush=True,
+            )
 
 
 def main() -> None:
