@@ -6,7 +6,8 @@ project's venv (which may hold ``transformers`` 5.x). Build that environment onc
     /work/main/.venv/bin/python tests/reference/lxt/regenerate.py --env-only
     PYTHONPATH=~/.cache/funcattr-lxt/site /work/main/.venv/bin/python benchmarks/lxt_side.py
 
-Options: ``--rounds N`` (default 7), ``--quick`` (3 rounds, vit_b_16 and MiniLM only).
+Options: ``--rounds N`` (default 7), ``--quick`` (3 rounds, vit_b_16 and MiniLM only),
+``--workloads vit minilm gpt2`` (a subset).
 
 float32, one thread (``torch.set_num_threads(1)``), parameters frozen, every method warmed up
 first. The methods of a workload are timed in alternation, one call each per round (the order
@@ -278,6 +279,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--workloads",
+        nargs="+",
+        choices=["vit", "minilm", "gpt2"],
+        default=["vit", "minilm", "gpt2"],
+    )
     args = parser.parse_args()
     rounds = 3 if args.quick else args.rounds
     torch.set_num_threads(1)
@@ -290,21 +297,22 @@ def main() -> None:
     )
     states = lxt_recipes.PatchStates(patch_targets())
     states.capture("plain")
-    builders = [
-        ("vit_b_16, 224 px, batch 1", vit_tasks),
-        ("MiniLM (SDPA), 128 tokens", minilm_tasks),
-    ]
-    if not args.quick:
-        builders.append(
-            (f"GPT-2 small, {GPT2_PROMPT}-token prompt, {GPT2_NEW_TOKENS} generated", gpt2_tasks)
-        )
-    for workload, build in builders:
+    builders = {
+        "vit": ("vit_b_16, 224 px, batch 1", vit_tasks),
+        "minilm": ("MiniLM (SDPA), 128 tokens", minilm_tasks),
+        "gpt2": (
+            f"GPT-2 small, {GPT2_PROMPT}-token prompt, {GPT2_NEW_TOKENS} generated",
+            gpt2_tasks,
+        ),
+    }
+    chosen = [w for w in args.workloads if not (args.quick and w == "gpt2")]
+    for workload, build in (builders[w] for w in chosen):
         tasks = build(states)
         results = check_states(states, tasks)
-        plain = results[tasks[0].label]
-        for task in tasks[1:]:
-            same_shape = results[task.label].shape == plain.shape
-            if task.state != "plain" and same_shape and torch.equal(results[task.label], plain):
+        plain = {results[t.label].shape: results[t.label] for t in tasks if t.state == "plain"}
+        for task in tasks:
+            result = results[task.label]
+            if task.state != "plain" and torch.equal(result, plain[result.shape]):
                 raise RuntimeError(f"{task.label}: same result as the plain gradient")
         report(workload, tasks, measure(states, tasks, rounds))
 
