@@ -1,11 +1,10 @@
-"""funcattr._affine: closed-form input VJPs of the affine layers on the generic rule path."""
+"""funcattr.layer's registry: the closed-form input VJPs of layers, against autograd."""
 
 import pytest
 import torch
 from torch import nn
 
-from funcattr._affine import affine_input_vjp
-from funcattr.layer import Sum
+from funcattr.layer import Sum, find_input_vjp
 
 
 def _bn(cls, features, affine=True):
@@ -45,24 +44,22 @@ CASES = [
 @pytest.mark.parametrize(("make", "shape"), CASES, ids=lambda v: None)
 def test_closed_form_equals_autograd(make, shape):
     module = make()
-    vjp = affine_input_vjp(module, (), {})
+    vjp = find_input_vjp(module, (), {})
     assert vjp is not None
     generator = torch.Generator().manual_seed(0)
     u = torch.randn(shape, generator=generator, dtype=torch.float64)
     output, pullback = torch.func.vjp(module, u)
     grad = torch.randn(output.shape, generator=generator, dtype=torch.float64)
-    params = dict(module.named_parameters())
-    buffers = dict(module.named_buffers())
+    state = {**dict(module.named_parameters()), **dict(module.named_buffers())}
     expected = pullback(grad)[0]
-    torch.testing.assert_close(vjp(grad, params=params, buffers=buffers, u=u), expected,
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(vjp(module, state, grad, u), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_batch_norm_vjp_uses_the_given_weight():
     """The rules modify the parameters (ZPlus: the positive weight): the VJP must use the
     weight it is given, not the module's."""
     module = _bn(nn.BatchNorm2d, 3)
-    vjp = affine_input_vjp(module, (), {})
+    vjp = find_input_vjp(module, (), {})
     u = torch.randn(2, 3, 4, 4, dtype=torch.float64)
     grad = torch.randn(2, 3, 4, 4, dtype=torch.float64)
     positive = {"weight": module.weight.clamp(min=0), "bias": torch.zeros(3, dtype=torch.float64)}
@@ -72,7 +69,7 @@ def test_batch_norm_vjp_uses_the_given_weight():
         return torch.func.functional_call(module, {**positive, **buffers}, (v,))
 
     expected = torch.func.vjp(modified, u)[1](grad)[0]
-    torch.testing.assert_close(vjp(grad, params=positive, buffers=buffers, u=u), expected)
+    torch.testing.assert_close(vjp(module, {**positive, **buffers}, grad, u), expected)
 
 
 class _OwnAvgPool(nn.AvgPool2d):
@@ -89,4 +86,4 @@ class _OwnAvgPool(nn.AvgPool2d):
     (nn.Identity(), ()),
 ])
 def test_other_layers_have_no_closed_form(module, args):
-    assert affine_input_vjp(module, args, {}) is None
+    assert find_input_vjp(module, args, {}) is None
