@@ -11,6 +11,11 @@ terms have in common and drops what is zero:
 - ``f(x; W) + b`` is the layer's output ``y`` itself: a group whose ``z`` holds both with
   the same coefficient reads ``y`` (never ``y - b``: that would be a small difference of
   large numbers);
+- for a non-negative input, ``y = P + N`` with ``P = f(x; W+) + b+ >= 0`` and
+  ``N = f(x; W-) + b- <= 0``. A group gated on ``y < 0`` reads ``N`` only where ``y < 0``,
+  and there ``N = y - P`` adds two non-positive numbers: nothing cancels, and the group needs
+  no product of its own when another group computes ``P`` (Gamma). Likewise ``P = y - N``
+  under a gate on ``y > 0``;
 - where one input meets ``W``, ``W+`` and ``W-`` in the VJPs, ``W = W+ + W-`` saves a VJP
   (a sum of the two parts: nothing cancels that the reference does not cancel too). The
   reverse, ``W- = W - W+``, is never used: the beta group of AlphaBeta would get its small
@@ -129,11 +134,12 @@ def _coefficients(plan: Plan, sign: str | None, has_bias: bool) -> list[Table]:
 
 def _read_output(tables: list[Table], has_bias: bool) -> list[float]:
     """Per group, the coefficient of ``y`` where ``z`` holds ``c f(x; W) + c b`` (or ``c f(x;
-    W)`` without a bias); that bias moves out of the table (the product stays, for its VJP)."""
+    W)`` without a bias); that product and bias leave the table."""
     outputs = []
     for products, biases in tables:
         coefficient = products.get(_OUTPUT, 0.0)
         if coefficient != 0.0 and (not has_bias or biases.get("identity", 0.0) == coefficient):
+            del products[_OUTPUT]
             biases.pop("identity", None)
             outputs.append(coefficient)
         else:
@@ -141,19 +147,48 @@ def _read_output(tables: list[Table], has_bias: bool) -> list[float]:
     return outputs
 
 
-def _foldable_biases(tables: list[Table], outputs: list[float]) -> dict:
+def _gated_parts(plan: Plan, tables: list[Table], outputs: list[float], sign: str | None,
+                 has_bias: bool) -> None:
+    """Where a gate makes it exact, a group reads the one-signed part of ``y`` it needs as
+    ``y`` minus the other part, computed for another group (see the module docstring)."""
+    if sign != "nonnegative":
+        return
+    computed: dict[str, int] = Counter()  # parts other groups compute as products
+    for products, _ in tables:
+        for part in ("positive", "negative"):
+            computed[part] += products.get(("identity", part), 0.0) != 0.0
+    derived = set()
+    for index, group in enumerate(plan.groups):
+        if group.gate is None:
+            continue
+        part = group.gate  # under y > 0, P = y - N; under y < 0, N = y - P
+        other = "negative" if part == "positive" else "positive"
+        products, biases = tables[index]
+        c = products.get(("identity", part), 0.0)
+        if (c == 0.0 or computed[part] != 1 or other in derived or part in derived
+                or products.get(("identity", other), 0.0) != 0.0
+                or (has_bias and biases.get(part, 0.0) != c) or computed[other] == 0):
+            continue
+        del products["identity", part]
+        products["identity", other] = -c
+        if has_bias:
+            del biases[part]
+            biases[other] = biases.get(other, 0.0) - c
+        outputs[index] += c
+        derived.add(part)
+
+
+def _foldable_biases(tables: list[Table]) -> dict:
     """Products that can carry a bias primitive inside the convolution (saving a pass): the
     primitive's bias coefficient equals the product's coefficient in every group, and no
     other product uses that primitive."""
     folded = {}
-    pairs = {pair for (products, _), output in zip(tables, outputs, strict=True)
-             for pair in products if not (pair == _OUTPUT and output)}
+    pairs = {pair for products, _ in tables for pair in products}
     for key, primitive in pairs:
         if sum(1 for _, p in pairs if p == primitive) != 1:
             continue
         if all(biases.get(primitive, 0.0) == products.get((key, primitive), 0.0)
-               and not ((key, primitive) == _OUTPUT and output)
-               for (products, biases), output in zip(tables, outputs, strict=True)):
+               for products, biases in tables):
             folded[key, primitive] = primitive
     return folded
 
@@ -193,12 +228,14 @@ def _sign_of(name: Any, signs: Mapping[str, int], input_sign: str | None = None)
 
 def _compile(plan: Plan, sign: str | None, has_bias: bool) -> Program:
     tables = _coefficients(plan, sign, has_bias)
+    vjps = _vjps(plan, tables)  # the terms' own products; what follows rewrites only z
     outputs = _read_output(tables, has_bias)
-    folded = _foldable_biases(tables, outputs) if has_bias else {}
+    _gated_parts(plan, tables, outputs, sign, has_bias)
+    folded = _foldable_biases(tables) if has_bias else {}
     items = []
     for (products, biases), output in zip(tables, outputs, strict=True):
         computed = tuple((key, primitive, c) for (key, primitive), c in products.items()
-                         if c != 0.0 and not ((key, primitive) == _OUTPUT and output))
+                         if c != 0.0)
         bias_items = tuple((primitive, c) for primitive, c in biases.items()
                            if c != 0.0 and primitive not in folded.values())
         items.append((output, computed, bias_items))
@@ -215,4 +252,4 @@ def _compile(plan: Plan, sign: str | None, has_bias: bool) -> Program:
         for output, computed, bias_items in items
     )
     uses_output = any(outputs) or any(group.gate is not None for group in plan.groups)
-    return Program(groups, folded, _vjps(plan, tables), uses_output)
+    return Program(groups, folded, vjps, uses_output)
