@@ -141,25 +141,36 @@ class OnesAndSquares(LinearRule):
         return (Group((Term(), Term("ones", "square"), Term("ones", "ones", sign=-1.0))),)
 
 
-# (id, factory(zero_params, one sample's shape), accepts zero_params, needs a weight)
-RULES: list[tuple[str, Callable[[Any, tuple], Any], bool, bool]] = [
-    ("epsilon", lambda zp, s: fr.Epsilon(1e-6, zero_params=zp), True, False),
-    ("epsilon-1", lambda zp, s: fr.Epsilon(1.0, zero_params=zp), True, False),
-    ("epsilon-clip", lambda zp, s: fr.Epsilon(Stabilizer(1e-2, clip=True), zero_params=zp),
-     True, False),
-    ("zplus", lambda zp, s: fr.ZPlus(zero_params=zp), True, False),
-    ("alphabeta-2-1", lambda zp, s: fr.AlphaBeta(2.0, 1.0, zero_params=zp), True, False),
-    ("alphabeta-1-0", lambda zp, s: fr.AlphaBeta(1.0, 0.0, zero_params=zp), True, False),
-    ("gamma", lambda zp, s: fr.Gamma(0.25, zero_params=zp), True, False),
-    ("gamma-norm-scale", lambda zp, s: fr.Gamma(1.0, stabilizer=Stabilizer(
-        1e-2, norm_scale=True), zero_params=zp), True, False),
-    ("zbox", lambda zp, s: fr.ZBox(-3.0, 3.0, zero_params=zp), True, False),
-    ("zbox-channels", lambda zp, s: fr.ZBox(*_channel_bounds(s), zero_params=zp), True, False),
-    ("wsquare", lambda zp, s: fr.WSquare(zero_params=zp), True, True),
-    ("flat", lambda zp, s: fr.Flat(zero_params=zp), True, True),
-    ("norm", lambda zp, s: fr.Norm(), False, False),
-    ("all-primitives", lambda zp, s: AllPrimitives(zero_params=zp), True, False),
-    ("ones-and-squares", lambda zp, s: OnesAndSquares(zero_params=zp), True, True),
+@dataclass(frozen=True)
+class RuleCase:
+    id: str
+    make: Callable[[Any, tuple[int, ...]], Any]  # (zero_params, one sample's shape) -> rule
+    zero_params: bool = True  # accepts zero_params
+    needs_weight: bool = False
+
+    def __repr__(self) -> str:
+        return self.id
+
+
+RULES = [
+    RuleCase("epsilon", lambda zp, s: fr.Epsilon(1e-6, zero_params=zp)),
+    RuleCase("epsilon-1", lambda zp, s: fr.Epsilon(1.0, zero_params=zp)),
+    RuleCase("epsilon-clip", lambda zp, s: fr.Epsilon(Stabilizer(1e-2, clip=True),
+                                                      zero_params=zp)),
+    RuleCase("zplus", lambda zp, s: fr.ZPlus(zero_params=zp)),
+    RuleCase("alphabeta-2-1", lambda zp, s: fr.AlphaBeta(2.0, 1.0, zero_params=zp)),
+    RuleCase("alphabeta-1-0", lambda zp, s: fr.AlphaBeta(1.0, 0.0, zero_params=zp)),
+    RuleCase("gamma", lambda zp, s: fr.Gamma(0.25, zero_params=zp)),
+    RuleCase("gamma-norm-scale", lambda zp, s: fr.Gamma(1.0, stabilizer=Stabilizer(
+        1e-2, norm_scale=True), zero_params=zp)),
+    RuleCase("zbox", lambda zp, s: fr.ZBox(-3.0, 3.0, zero_params=zp)),
+    RuleCase("zbox-channels", lambda zp, s: fr.ZBox(*_channel_bounds(s), zero_params=zp)),
+    RuleCase("wsquare", lambda zp, s: fr.WSquare(zero_params=zp), needs_weight=True),
+    RuleCase("flat", lambda zp, s: fr.Flat(zero_params=zp), needs_weight=True),
+    RuleCase("norm", lambda zp, s: fr.Norm(), zero_params=False),
+    RuleCase("all-primitives", lambda zp, s: AllPrimitives(zero_params=zp)),
+    RuleCase("ones-and-squares", lambda zp, s: OnesAndSquares(zero_params=zp),
+             needs_weight=True),
 ]
 SIGNS = ("nonnegative", "nonpositive", "mixed")
 
@@ -196,37 +207,36 @@ def _fast_and_reference(model: nn.Module, composite: Any, x: Tensor, grad: Tenso
     return fast, reference
 
 
-def _pairs(layers: list[Layer]) -> list:
-    return [pytest.param(layer, rule, id=f"{layer.id}-{rule[0]}") for layer in layers
-            for rule in RULES if layer.linear or not rule[3]]
+def _pairs(layers: list[Layer], rules: list[RuleCase] = RULES) -> list:
+    return [pytest.param(layer, rule, id=f"{layer.id}-{rule.id}") for layer in layers
+            for rule in rules if layer.linear or not rule.needs_weight]
 
 
 @pytest.mark.parametrize(("layer", "rule"), _pairs(LAYERS + OTHER_LAYERS))
-def test_fast_equals_reference_on_the_grid(layer: Layer, rule: tuple, seed: int) -> None:
-    rule_id, make, accepts_zero_params, _ = rule
+def test_fast_equals_reference_on_the_grid(layer: Layer, rule: RuleCase, seed: int) -> None:
     for bias in (True, False):
         module = _build(layer, bias, seed)
-        if rule[3] and getattr(module, "weight", None) is None:
+        if rule.needs_weight and getattr(module, "weight", None) is None:
             continue
-        for zero_params in ((None, "bias") if accepts_zero_params and bias else (None,)):
+        for zero_params in ((None, "bias") if rule.zero_params and bias else (None,)):
             for sign in SIGNS:
                 model = nn.Sequential(module)
                 x = _input(layer.shape, sign, seed)
                 grad = torch.randn(model(x).shape, generator=torch.Generator().manual_seed(seed))
-                composite = NameMapComposite([(("0",), make(zero_params, layer.shape))])
+                composite = NameMapComposite([(("0",), rule.make(zero_params, layer.shape))])
                 fast, reference = _fast_and_reference(model, composite, x, grad)
                 assert_close(fast, reference, rtol=RTOL,
                              msg=f"bias={bias}, zero_params={zero_params!r}, input={sign}")
 
 
 @pytest.mark.parametrize(("layer", "rule"), _pairs(LAYERS[::2] + OTHER_LAYERS))
-def test_fast_equals_reference_for_stacked_output_gradients(layer: Layer, rule: tuple,
+def test_fast_equals_reference_for_stacked_output_gradients(layer: Layer, rule: RuleCase,
                                                             seed: int) -> None:
     """``multi_target``: a ``vmap`` over the output gradients only (the fast path folds the
     K gradients into one convolution; the reference batches op by op)."""
     model = nn.Sequential(_build(layer, True, seed), nn.Flatten())
     x = _input(layer.shape, SIGNS[seed % 3], seed)
-    fn, params = funcattr.functionalize(model, NameMapComposite([(("0",), rule[1](
+    fn, params = funcattr.functionalize(model, NameMapComposite([(("0",), rule.make(
         None, layer.shape))]))
     targets = [0, 2, model(x).shape[1] - 1]
 
@@ -246,19 +256,16 @@ def _per_sample(fn, params, x: Tensor, grad: Tensor) -> Tensor:
     return torch.func.vmap(one)(x, grad)
 
 
-VMAP_RULES = [rule for rule in RULES if rule[0] != "zbox-channels"]  # (1, C, ...) > one sample
+VMAP_RULES = [rule for rule in RULES if rule.id != "zbox-channels"]  # (1, C, ...) > a sample
 
 
-@pytest.mark.parametrize(("layer", "rule"), [
-    pytest.param(layer, rule, id=f"{layer.id}-{rule[0]}")
-    for layer in LAYERS[::3] + OTHER_LAYERS[:1] for rule in VMAP_RULES
-    if layer.linear or not rule[3]])
-def test_fast_equals_reference_under_vmap_over_samples(layer: Layer, rule: tuple,
+@pytest.mark.parametrize(("layer", "rule"), _pairs(LAYERS[::3] + OTHER_LAYERS[:1], VMAP_RULES))
+def test_fast_equals_reference_under_vmap_over_samples(layer: Layer, rule: RuleCase,
                                                        seed: int) -> None:
     model = nn.Sequential(_build(layer, True, seed))
     x = _input(layer.shape, SIGNS[seed % 3], seed)
     grad = torch.randn(model(x).shape, generator=torch.Generator().manual_seed(seed))
-    fn, params = funcattr.functionalize(model, NameMapComposite([(("0",), rule[1](
+    fn, params = funcattr.functionalize(model, NameMapComposite([(("0",), rule.make(
         None, layer.shape))]))
     fast = _per_sample(fn, params, x, grad)
     with reference_path():
@@ -266,16 +273,16 @@ def test_fast_equals_reference_under_vmap_over_samples(layer: Layer, rule: tuple
     assert_close(fast, reference, rtol=RTOL)
 
 
-@pytest.mark.parametrize("rule", RULES, ids=lambda rule: rule[0])
+@pytest.mark.parametrize("rule", RULES, ids=repr)
 @pytest.mark.parametrize("layer", [LAYERS[0], LAYERS[4], LAYERS[13]], ids=lambda c: c.id)
-def test_fast_equals_reference_under_torch_func_grad(layer: Layer, rule: tuple) -> None:
+def test_fast_equals_reference_under_torch_func_grad(layer: Layer, rule: RuleCase) -> None:
     """The derivative of an explanation with respect to the ruled layer's weight and to the
     input, by ``torch.func.grad``; the forward pass's true derivative is taken at the outer
     level, the rule's at the inner one, on both paths."""
     seed = 5
     model = nn.Sequential(_build(layer, True, seed), nn.Flatten())
     x = _input(layer.shape, "mixed", seed)
-    fn, params = funcattr.functionalize(model, NameMapComposite([(("0",), rule[1](
+    fn, params = funcattr.functionalize(model, NameMapComposite([(("0",), rule.make(
         None, layer.shape))]))
     classes = model(x).shape[1]
     seed_grad = torch.randn(3, classes, generator=torch.Generator().manual_seed(seed))
@@ -359,8 +366,8 @@ def test_fast_equals_reference_on_random_convolutions(conv, rule, sign, zero_bia
     model = nn.Sequential(_build(Layer("drawn", lambda b: module, shape), True, seed))
     x = _input(shape, sign, seed, batch=2)
     grad = torch.randn(model(x).shape, generator=torch.Generator().manual_seed(seed + 1))
-    zero_params = "bias" if zero_bias and rule[2] else None
-    composite = NameMapComposite([(("0",), rule[1](zero_params, shape))])
+    zero_params = "bias" if zero_bias and rule.zero_params else None
+    composite = NameMapComposite([(("0",), rule.make(zero_params, shape))])
     fast, reference = _fast_and_reference(model, composite, x, grad)
     assert_close(fast, reference, rtol=RTOL)
 

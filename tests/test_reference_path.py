@@ -356,3 +356,42 @@ def test_the_call_site_is_a_module_call(rng: torch.Generator) -> None:
     fn, params = funcattr.functionalize(model, LayerMapComposite([(nn.Linear, Spy())]))
     fn(params, torch.randn(2, 3, generator=rng))
     assert seen == [("0", "Linear '0'"), ("1.1", "Linear '1.1'")]
+
+
+# --------------------------------------------------------------------------------------------
+# The reference rule under transforms: jacrev and torch.compile
+# --------------------------------------------------------------------------------------------
+
+def _small(rng: torch.Generator) -> tuple[Any, dict, Tensor]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(2, 3, 3), nn.ReLU(), nn.BatchNorm1d(3), nn.Flatten(),
+                          nn.Linear(12, 2)).eval()
+    composite = LayerMapComposite([(nn.Conv1d, fr.Gamma()), (nn.ReLU, fr.Pass()),
+                                   (nn.BatchNorm1d, fr.ZPlus()), (nn.Linear, fr.Epsilon())])
+    fn, params = funcattr.functionalize(model, composite)
+    return fn, params, torch.randn(2, 2, 6, generator=rng)
+
+
+@pytest.mark.parametrize("reference", [True, False], ids=["reference", "default"])
+def test_jacrev_of_an_explanation_equals_its_gradients(rng: torch.Generator,
+                                                       reference: bool) -> None:
+    fn, params, x = _small(rng)
+
+    def relevance(u: Tensor) -> Tensor:
+        return funcattr.gradient(fn, params, u, funcattr.one_hot(1))[1]
+
+    with reference_path(reference):
+        jacobian = torch.func.jacrev(relevance)(x)
+        for index in [(0, 0, 0), (1, 1, 3), (0, 1, 5)]:
+            row = torch.func.grad(lambda u, index=index: relevance(u)[index])(x)
+            assert_close(jacobian[index], row, rtol=1e-10)
+
+
+def test_compiled_model_on_the_reference_path(rng: torch.Generator) -> None:
+    torch._dynamo.reset()
+    fn, params, x = _small(rng)
+    with reference_path():
+        _, expected = funcattr.gradient(fn, params, x, funcattr.one_hot(1))
+        _, compiled = funcattr.gradient(torch.compile(fn, backend="aot_eager"), params, x,
+                                        funcattr.one_hot(1))
+    assert_close(compiled, expected, rtol=1e-12)

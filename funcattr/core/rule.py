@@ -37,10 +37,12 @@ from funcattr.core.terms import Group, Stabilizer, normalize_zero_params
 
 try:  # the fast path is optional: without it every rule runs on the reference path
     from funcattr.core import _fast
-except ImportError:  # pragma: no cover - exercised by deleting the folder
+except ModuleNotFoundError as error:  # pragma: no cover - exercised by deleting the folder
+    if error.name != "funcattr.core._fast":
+        raise
     _fast = None
 
-__all__ = ["ElementwiseRule", "LinearRule", "Rule", "fast_path_available"]
+__all__ = ["ElementwiseRule", "LinearRule", "Rule", "fast_path_available", "rule_error"]
 
 
 def fast_path_available() -> bool:
@@ -82,14 +84,15 @@ class Rule(ABC):
             anything the module returns (a tensor, a tuple).
         """
 
-    def error(self, module: nn.Module, forward: Any, args: tuple, kwargs: Mapping[str, Any],
-              problem: str) -> str:
-        """A message for a call this rule cannot handle, naming the rule, the module's type and
-        path, and the call's arguments: ``<rule> on <Type> '<path>' called with (<arguments>):
-        <problem>``, where ``problem`` says what was expected, what came and the fix."""
-        where = forward.where() if isinstance(forward, ModuleCall) else type(module).__name__
-        return (f"{_short_repr(self)} on {where} called with "
-                f"{describe_arguments(args, kwargs)}: {problem}")
+
+def rule_error(rule: Rule, module: nn.Module, forward: Any, args: tuple,
+               kwargs: Mapping[str, Any], problem: str) -> str:
+    """A message for a call ``rule`` cannot handle, naming the rule, the module's type and
+    path, and the call's arguments: ``<rule> on <Type> '<path>' called with (<arguments>):
+    <problem>``, where ``problem`` says what was expected, what came and the fix."""
+    where = forward.where() if isinstance(forward, ModuleCall) else type(module).__name__
+    return (f"{_short_repr(rule)} on {where} called with "
+            f"{describe_arguments(args, kwargs)}: {problem}")
 
 
 def _short_repr(rule: Rule) -> str:
@@ -106,10 +109,11 @@ def _first_tensor(rule: Rule, module: nn.Module, forward: Any, args: tuple,
     x = args[0] if args else None
     if not isinstance(x, Tensor):
         got = type(x).__name__ if args else "no positional arguments"
-        raise TypeError(rule.error(
-            module, forward, args, kwargs, f"expected a tensor as the first positional "
-            f"argument, got {got}. Call the module with its input tensor first, or give it a "
-            f"rule written for this call (a Rule subclass with its own apply)."))
+        raise TypeError(rule_error(
+            rule, module, forward, args, kwargs,
+            f"expected a tensor as the first positional argument, got {got}. Call the module "
+            f"with its input tensor first, or give it a rule written for this call (a Rule "
+            f"subclass with its own apply)."))
     return x
 
 
@@ -166,12 +170,13 @@ class LinearRule(Rule):
         x = _first_tensor(self, module, forward, args, kwargs)
         problem = self.check_input(x)
         if problem is not None:
-            raise ValueError(self.error(module, forward, args, kwargs, problem))
+            raise ValueError(rule_error(self, module, forward, args, kwargs, problem))
         output = forward(*args, **kwargs)
         if not isinstance(output, Tensor):
-            raise TypeError(self.error(
-                module, forward, args, kwargs, f"expected a module that returns one tensor, "
-                f"got {type(output).__name__}. {_OTHER_RULE}"))
+            raise TypeError(rule_error(
+                self, module, forward, args, kwargs,
+                f"expected a module that returns one tensor, got {type(output).__name__}. "
+                f"{_OTHER_RULE}"))
         if _fast is not None and not uses_reference():
             result = _fast.linear_rule(self, forward, x, output, args[1:], kwargs)
             if result is not None:
@@ -186,14 +191,15 @@ def _checked_forward(rule: ElementwiseRule, module: nn.Module, forward: Callable
     like ``x``."""
     y = forward(x, *args[1:], **kwargs)
     if not isinstance(y, Tensor):
-        raise TypeError(rule.error(
-            module, forward, args, kwargs, f"expected a module that returns one tensor shaped "
-            f"like its input, got {type(y).__name__}. {_OTHER_RULE}"))
+        raise TypeError(rule_error(
+            rule, module, forward, args, kwargs,
+            f"expected a module that returns one tensor shaped like its input, got "
+            f"{type(y).__name__}. {_OTHER_RULE}"))
     if y.shape != x.shape:
-        raise ValueError(rule.error(
-            module, forward, args, kwargs, f"expected a module whose output has the shape of "
-            f"its input {tuple(x.shape)}, got {tuple(y.shape)}. Give this module another rule "
-            f"(e.g. Epsilon())."))
+        raise ValueError(rule_error(
+            rule, module, forward, args, kwargs,
+            f"expected a module whose output has the shape of its input {tuple(x.shape)}, got "
+            f"{tuple(y.shape)}. Give this module another rule (e.g. Epsilon())."))
     return y
 
 
