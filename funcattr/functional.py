@@ -31,7 +31,7 @@ from funcattr.composites import (
     required_arguments,
     suggest_composites,
 )
-from funcattr.core import ModuleCall, Rule
+from funcattr.core import ElementwiseRule, ModuleCall, Rule
 from funcattr.module_tree import clone_tree, shallow_copy
 
 __all__ = ["FunctionalModel", "RuledModule", "functionalize", "model_params"]
@@ -111,7 +111,8 @@ def _build_tree(view: nn.Module, rules: RuleMap) -> nn.Module:
     tree = clone_tree(view, memo)
     for name, rule in rules.items():
         clone = memo[id(rules.modules[name])]
-        if getattr(clone, "inplace", None) is True and getattr(rule, "reads_input", True):
+        reads_input = not isinstance(rule, ElementwiseRule) or rule.reads_input
+        if getattr(clone, "inplace", None) is True and reads_input:
             clone.__dict__["inplace"] = False  # the rule keeps its input: compute anew
         clone.__dict__["forward"] = _RuledForward(rule, clone, name)
     return tree

@@ -395,3 +395,23 @@ def test_compiled_model_on_the_reference_path(rng: torch.Generator) -> None:
         _, compiled = funcattr.gradient(torch.compile(fn, backend="aot_eager"), params, x,
                                         funcattr.one_hot(1))
     assert_close(compiled, expected, rtol=1e-12)
+
+
+def test_a_torch_func_failure_in_a_layer_without_a_closed_form_vjp_says_the_fix() -> None:
+    """torch 2.14 cannot run ``torch.func.vjp`` inside a rule's backward under
+    ``torch.func.grad`` (the strict xfail in test_rules); the error says how to lift it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 3, 1), nn.GroupNorm(1, 3), nn.Flatten(),
+                          nn.Linear(48, 2)).eval()
+    x = torch.randn(2, 3, 4, 4)
+    fn, params = funcattr.functionalize(model, NameMapComposite([(("1",), fr.Epsilon())]))
+
+    def loss(weight: Tensor) -> Tensor:
+        relevance = funcattr.gradient(fn, {**params, "0.weight": weight}, x, torch.ones(2, 2))[1]
+        return (relevance**2).sum()
+
+    with pytest.raises(RuntimeError) as info:
+        torch.func.grad(loss)(params["0.weight"])
+    notes = getattr(info.value, "__notes__", [])
+    assert any("GroupNorm '1'" in note and "register_input_vjp(GroupNorm)" in note
+               for note in notes)

@@ -21,7 +21,7 @@ path (:mod:`funcattr.core._fast`) must give the same numbers; a parity test hold
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -37,20 +37,21 @@ from funcattr.layer import InputVJP
 __all__ = ["LayerFunction", "lrp_backward", "reference_backward", "reference_rule"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LayerFunction:
     """One module call as a function of its input and its own parameters, ``f(u; theta)``.
 
     The other arguments of the call and the module's buffers stay as they were; ``names``
-    are the module's own parameters (what a rule modifies).
+    are the module's own parameters (what a rule modifies); ``vjp`` is the layer's registered
+    closed-form input VJP, if any.
     """
 
-    call: ModuleCall = field(compare=False)
+    call: ModuleCall
     names: tuple[str, ...]
-    buffers: Mapping[str, Tensor] = field(compare=False)
-    args: tuple = field(compare=False)
-    kwargs: Mapping[str, Any] = field(compare=False)
-    vjp: InputVJP | None = field(compare=False)
+    buffers: Mapping[str, Tensor]
+    args: tuple
+    kwargs: Mapping[str, Any]
+    vjp: InputVJP | None
 
     @classmethod
     def of(cls, call: ModuleCall, args: tuple, kwargs: Mapping[str, Any]
@@ -71,7 +72,16 @@ class LayerFunction:
         if self.vjp is not None:
             return self.vjp(self.call.module, {**self.buffers, **params}, grad, u, *self.args,
                             **self.kwargs)
-        return torch.func.vjp(lambda v: self(v, params), u)[1](grad)[0]
+        try:
+            return torch.func.vjp(lambda v: self(v, params), u)[1](grad)[0]
+        except RuntimeError as error:  # torch 2.14 under vmap over samples or torch.func.grad
+            kind = type(self.call.module).__name__
+            error.add_note(
+                f"funcattr: the rule on {self.call.where()} pulls back through "
+                f"torch.func.vjp, which torch cannot run inside a rule's backward under every "
+                f"transform. Register the layer's input VJP in closed form: "
+                f"@funcattr.layer.register_input_vjp({kind}) (see docs/rules.md).")
+            raise
 
 
 def _term_params(term: Term, params: Mapping[str, Tensor], zeroed: tuple[str, ...]
@@ -89,9 +99,17 @@ def _gate(group: Group, y: Tensor, s: Tensor) -> Tensor:
     return torch.where(keep, s, 0.0)
 
 
+def _times(factor: float, tensor: Tensor) -> Tensor:
+    return tensor if factor == 1.0 else factor * tensor
+
+
+def _plus(total: Tensor | None, tensor: Tensor) -> Tensor:
+    return tensor if total is None else total + tensor
+
+
 def lrp_backward(groups: Sequence[Group], stabilizer: Callable[[Tensor], Tensor],
-                  zero_params: tuple[str, ...], layer: LayerFunction, x: Tensor,
-                  y: Tensor | None, params: Sequence[Tensor], grad: Tensor) -> Tensor:
+                 zero_params: tuple[str, ...], layer: LayerFunction, x: Tensor,
+                 y: Tensor | None, params: Sequence[Tensor], grad: Tensor) -> Tensor:
     """The relevance at the input of one module call (see the module docstring).
 
     Parameters
@@ -108,23 +126,26 @@ def lrp_backward(groups: Sequence[Group], stabilizer: Callable[[Tensor], Tensor]
         The relevance arriving at the output (shaped like ``y``).
     """
     named = dict(zip(layer.names, params, strict=True))
-    relevance = torch.zeros_like(x)
+    relevance = None
     for group in groups:
-        if not group.terms:
-            continue
         inputs = [apply_input_mod(term.input, x) for term in group.terms]
         thetas = [_term_params(term, named, zero_params) for term in group.terms]
         # 1. z: the group's denominator, one forward per term
-        z = sum(term.sign * layer(u, theta)
-                for term, u, theta in zip(group.terms, inputs, thetas, strict=True))
+        z = None
+        for term, u, theta in zip(group.terms, inputs, thetas, strict=True):
+            z = _plus(z, _times(term.sign, layer(u, theta)))
+        if z is None:  # a group without terms
+            continue
         # 2. s: the relevance divided by the stabilised denominator, where the gate is open
         s = _gate(group, y, grad / stabilizer(z))
         for term, u, theta in zip(group.terms, inputs, thetas, strict=True):
             # 3. c: one input VJP per term
             c = layer.input_vjp(u, theta, s)
-            # 4. the relevance: the modified input times c, signed and weighted
-            relevance = relevance + (group.weight * term.sign) * (u * c)
-    return relevance
+            # 4. the relevance: the modified input times c (c itself for the input of ones),
+            # signed and weighted
+            contribution = c if term.input == "ones" else u * c
+            relevance = _plus(relevance, _times(group.weight * term.sign, contribution))
+    return torch.zeros_like(x) if relevance is None else relevance
 
 
 def _backward(groups: tuple[Group, ...], stabilizer: Callable[[Tensor], Tensor],

@@ -36,7 +36,7 @@ from funcattr.core.switch import uses_reference
 from funcattr.core.terms import Group, Stabilizer, normalize_zero_params
 
 try:  # the fast path is optional: without it every rule runs on the reference path
-    from funcattr.core import _fast
+    import funcattr.core._fast as _fast
 except ModuleNotFoundError as error:  # pragma: no cover - exercised by deleting the folder
     if error.name != "funcattr.core._fast":
         raise
