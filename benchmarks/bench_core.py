@@ -10,6 +10,7 @@ an application would.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 from collections.abc import Callable
@@ -56,7 +57,7 @@ def funcattr_run(model, composite, x, seed, reference: bool = False) -> Callable
     fn, params = funcattr.functionalize(model, composite)
 
     def run():
-        with reference_path(reference):
+        with reference_path() if reference else contextlib.nullcontext():
             return funcattr.gradient(fn, params, x, seed)
 
     return run
