@@ -22,7 +22,14 @@ from torch import Tensor
 
 from funcattr.core.levels import record_level
 
-__all__ = ["Backward", "elementwise_rule", "modified_gradient", "out_of_place"]
+__all__ = [
+    "Backward",
+    "elementwise_backward",
+    "elementwise_rule",
+    "fresh",
+    "modified_gradient",
+    "out_of_place",
+]
 
 #: ``backward(x, y, tensors, grad) -> input gradient`` of :func:`modified_gradient`.
 Backward = Callable[[Tensor, Tensor | None, tuple, Tensor], Tensor]
