@@ -30,6 +30,7 @@ from torch import nn
 
 import funcattr
 from funcattr import composites as fc
+from funcattr.allocator import warm_allocator
 from funcattr.torchvision import ResNetCanonizer
 
 
@@ -69,6 +70,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="batch 1, 112x112")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     args = parser.parse_args()
+    warm_allocator()  # as an application would (see funcattr.allocator)
     if args.threads:
         torch.set_num_threads(args.threads)
 

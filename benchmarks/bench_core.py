@@ -1,12 +1,16 @@
 """Issue 2 benchmark: funcattr vs Zennit vs a plain input gradient, one process, CPU.
 
-Run: ``.venv/bin/python benchmarks/bench_core.py [--repeats N] [--quick]``.
-Prints seconds (median of repeats) and ratios to the plain gradient measured in the same run.
+Run: ``.venv/bin/python benchmarks/bench_core.py [--repeats N] [--quick] [--no-zennit]
+[--reference]``. Prints seconds (median of repeats) and ratios to the plain gradient measured in
+the same run; ``--reference`` times funcattr's reference rule (``FUNCATTR_REFERENCE=1``) instead
+of its fast path. The allocator is warmed first (:func:`funcattr.allocator.warm_allocator`), as
+an application would.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 from collections.abc import Callable
@@ -17,6 +21,8 @@ from torch import nn
 
 import funcattr
 from funcattr import composites as fc
+from funcattr.allocator import warm_allocator
+from funcattr.core import reference_path
 
 
 def timeit(run: Callable[[], object], repeats: int) -> float:
@@ -47,9 +53,14 @@ def plain_gradient(model: nn.Module, x: torch.Tensor, seed: torch.Tensor) -> Cal
     return run
 
 
-def funcattr_run(model, composite, x, seed) -> Callable[[], object]:
+def funcattr_run(model, composite, x, seed, reference: bool = False) -> Callable[[], object]:
     fn, params = funcattr.functionalize(model, composite)
-    return lambda: funcattr.gradient(fn, params, x, seed)
+
+    def run():
+        with reference_path() if reference else contextlib.nullcontext():
+            return funcattr.gradient(fn, params, x, seed)
+
+    return run
 
 
 def zennit_run(model, composite, x, seed) -> Callable[[], object]:
@@ -76,7 +87,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="VGG16 at batch 1, 112x112")
+    parser.add_argument("--no-zennit", action="store_true", help="time funcattr only")
+    parser.add_argument("--reference", action="store_true",
+                        help="funcattr on the reference path (the fast path switched off)")
     args = parser.parse_args()
+    warm_allocator()
     torch.manual_seed(0)
 
     cases = []
@@ -104,9 +119,9 @@ def main() -> None:
         print(f"  {'composite':<20} {'funcattr':>10} {'ratio':>7} {'zennit':>10} {'ratio':>7} "
               f"{'zennit/funcattr':>16}")
         for name, ours, theirs in composites:
-            t_ours = timeit(funcattr_run(model, ours, x, seed), args.repeats)
+            t_ours = timeit(funcattr_run(model, ours, x, seed, args.reference), args.repeats)
             line = f"  {name:<20} {t_ours:>9.4f}s {t_ours / plain:>6.2f}x"
-            if theirs is not None:
+            if theirs is not None and not args.no_zennit:
                 t_theirs = timeit(zennit_run(model, theirs, x, seed), args.repeats)
                 line += f" {t_theirs:>9.4f}s {t_theirs / plain:>6.2f}x {t_theirs / t_ours:>15.2f}x"
             print(line)

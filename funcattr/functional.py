@@ -4,7 +4,11 @@ The user's model is never changed. ``functionalize`` canonizes a *view* of the m
 the composite's rules on it, and builds a private shallow copy of the module tree in which
 each ruled module's ``forward`` is replaced by its rule. The returned ``fn(params, input)``
 runs that copy with ``torch.func.functional_call``; each thread gets its own copy, so threads
-explaining one model at once do not interfere.
+explaining one model at once do not interfere. Everything the rules derive for a call site
+(compiled plans, what the fast path learnt about the call) lives in that copy's
+:class:`LayerCall` objects: the returned :class:`FunctionalModel` owns it and drops it with
+itself, and two functionalized models never share it. ``functionalize`` has no process-wide
+side effect (see :func:`funcattr.allocator.warm_allocator` for an opt-in one).
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from funcattr._allocator import warm_allocator
 from funcattr.canonizers import Canonizer, CompositeCanonizer, ParamTransform, identity_transform
 from funcattr.composites import (
     COMPOSITES,
@@ -28,7 +31,7 @@ from funcattr.composites import (
     required_arguments,
     suggest_composites,
 )
-from funcattr.core import Rule, linear_op
+from funcattr.core import ElementwiseRule, ModuleCall, Rule
 from funcattr.module_tree import clone_tree, shallow_copy
 
 __all__ = ["FunctionalModel", "RuledModule", "functionalize", "model_params"]
@@ -48,22 +51,25 @@ def _original_forward(module: nn.Module) -> Callable[..., Any]:
     return pytypes.MethodType(type(module).forward, module)
 
 
-class LayerCall:
-    """A ruled module's original forward, plus a way to call it with replaced own tensors.
+class LayerCall(ModuleCall):
+    """A ruled module's call site: its original forward, plus a way to call it with replaced
+    own tensors (see :class:`funcattr.core.ModuleCall`).
 
     ``layer(*args)`` is the ordinary forward; ``layer.with_state(state, *args)`` calls it with
-    the module's own parameters/buffers replaced by ``state`` (used by the generic rule path).
+    the module's own parameters/buffers replaced by ``state`` (used by the reference rule).
     """
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, path: str) -> None:
         self.module = module
+        self.path = path
+        self.memo = {}
+        self.own_forward = module.__dict__.get("forward") is not None
         self.forward = _original_forward(module)
         inner = shallow_copy(module)  # same children; own registries, so swapping is private
         inner.__dict__.pop("forward", None)
-        if module.__dict__.get("forward") is not None:
+        if self.own_forward:
             inner.__dict__["forward"] = pytypes.MethodType(self.forward.__func__, inner)
         self._inner = inner
-        self.linear_op = linear_op(module)  # the fast LRP path's view of this layer, if any
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
@@ -81,10 +87,10 @@ class LayerCall:
 class _RuledForward:
     """The ``forward`` of a ruled module in the private tree: the rule applied to the call."""
 
-    def __init__(self, rule: Rule, module: nn.Module) -> None:
+    def __init__(self, rule: Rule, module: nn.Module, path: str) -> None:
         self.rule = rule
         self.module = module
-        self.layer = LayerCall(module)
+        self.layer = LayerCall(module, path)
 
     def __call__(self, *args, **kwargs):
         return self.rule.apply(self.module, self.layer, *args, **kwargs)
@@ -105,9 +111,10 @@ def _build_tree(view: nn.Module, rules: RuleMap) -> nn.Module:
     tree = clone_tree(view, memo)
     for name, rule in rules.items():
         clone = memo[id(rules.modules[name])]
-        if getattr(clone, "inplace", None) is True and getattr(rule, "reads_input", True):
+        reads_input = not isinstance(rule, ElementwiseRule) or rule.reads_input
+        if getattr(clone, "inplace", None) is True and reads_input:
             clone.__dict__["inplace"] = False  # the rule keeps its input: compute anew
-        clone.__dict__["forward"] = _RuledForward(rule, clone)
+        clone.__dict__["forward"] = _RuledForward(rule, clone, name)
     return tree
 
 
@@ -266,7 +273,6 @@ def functionalize(
             f"functionalize(model={type(model).__name__}): expected a torch.nn.Module."
         )
     composite = _resolve_composite(composite, "functionalize")
-    warm_allocator()
     chain = (composite.canonizers if composite is not None else ()) + _canonizer_list(
         canonizers, "functionalize"
     )

@@ -2,7 +2,8 @@
 
 Each LRP rule is data on top of :class:`funcattr.core.LinearRule`: a tuple of
 :class:`~funcattr.core.Group` s of :class:`~funcattr.core.Term` s. The element-wise rules
-(``Pass`` and the modified-ReLU rules) map the gradient directly.
+(``Pass`` and the modified-ReLU rules) are :class:`funcattr.core.ElementwiseRule` s: they map
+the gradient directly.
 
 Shared parameters
 -----------------
@@ -17,19 +18,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from funcattr.core import (
+    ElementwiseRule,
     Group,
     LinearRule,
     ParamMod,
     Rule,
+    Stabilizer,
     Term,
-    elementwise_rule,
     expand,
 )
 
@@ -73,8 +74,6 @@ class Epsilon(LinearRule):
         return self.epsilon
 
     def stabilizer_fn(self):
-        from funcattr.core import Stabilizer
-
         return Stabilizer.ensure(self.epsilon, owner="Epsilon", name="epsilon")
 
     def __post_init__(self):
@@ -206,6 +205,19 @@ class ZBox(LinearRule):
             Term(_Bound(self.high), _NEG, sign=-1.0),
         )),)
 
+    def check_input(self, x: Tensor) -> str | None:
+        for name in ("low", "high"):
+            value = getattr(self, name)
+            if isinstance(value, Tensor):
+                try:
+                    expand(value, x.shape, cut_batch_dim=True)
+                except ValueError:
+                    return (f"expected {name} to broadcast to the input shape {tuple(x.shape)}, "
+                            f"got a tensor of shape {tuple(value.shape)}. Give a scalar, a "
+                            f"tensor shaped like the input, or one with singleton dimensions "
+                            f"such as (1, C, 1, 1).")
+        return None
+
     def __eq__(self, other: object) -> bool:
         if type(other) is not ZBox:
             return NotImplemented
@@ -301,46 +313,12 @@ class Flat(LinearRule):
 # Element-wise rules
 # --------------------------------------------------------------------------------------------
 
-def _call_rest(forward: Callable[..., Tensor], rest: tuple, kwargs: dict, x: Tensor) -> Tensor:
-    return forward(x, *rest, **kwargs)
-
-
-class _ShapePreservingRule(Rule):
-    """A rule whose input gradient has the shape of the output: the layer must keep shapes.
-
-    ``reads_input``: whether ``backward`` uses the layer's input (if not, it gets ``None``
-    and an in-place layer may overwrite its input as in the original model).
-    """
-
-    reads_input: ClassVar[bool] = True
-
-    def apply(self, module: nn.Module, forward: Callable[..., Tensor], *args, **kwargs):
-        x = args[0] if args else None
-        if not isinstance(x, Tensor):
-            raise TypeError(
-                f"{self!r} on {type(module).__name__}: expected a tensor as the first positional "
-                f"argument, got {type(x).__name__}."
-            )
-        y = elementwise_rule(x, partial(_call_rest, forward, args[1:], kwargs), self.backward,
-                             self.reads_input, getattr(module, "inplace", None) is True)
-        if x.shape != y.shape:
-            raise ValueError(
-                f"{self!r} on {type(module).__name__}: expected a module whose output has the "
-                f"shape of its input {tuple(x.shape)}, got {tuple(y.shape)}. Give this module "
-                f"another rule (e.g. Epsilon())."
-            )
-        return y
-
-    def backward(self, x: Tensor, grad: Tensor) -> Tensor:
-        raise NotImplementedError
-
-
 _SIZES = {nn.Linear: ("in_features", "out_features"),
           nn.modules.conv._ConvNd: ("in_channels", "out_channels")}
 
 
 @dataclass(frozen=True)
-class Pass(_ShapePreservingRule):
+class Pass(ElementwiseRule):
     """Pass the relevance through unchanged: ``R_in = R_out`` (activations, BatchNorm).
 
     Examples
@@ -373,7 +351,7 @@ def _check_activation(rule: Rule, module: nn.Module) -> str | None:
 
 
 @dataclass(frozen=True)
-class ReLUDeconvNet(_ShapePreservingRule):
+class ReLUDeconvNet(ElementwiseRule):
     """DeconvNet: ``R_in = max(R_out, 0)``, ignoring the forward mask [zeiler2014].
 
     Examples
@@ -391,7 +369,7 @@ class ReLUDeconvNet(_ShapePreservingRule):
 
 
 @dataclass(frozen=True)
-class ReLUGuidedBackprop(_ShapePreservingRule):
+class ReLUGuidedBackprop(ElementwiseRule):
     """Guided backprop: ``R_in = R_out * 1[x > 0] * 1[R_out > 0]`` [springenberg2015].
 
     Examples
@@ -407,7 +385,7 @@ class ReLUGuidedBackprop(_ShapePreservingRule):
 
 
 @dataclass(frozen=True)
-class ReLUBetaSmooth(_ShapePreservingRule):
+class ReLUBetaSmooth(ElementwiseRule):
     """Softplus surrogate: ``R_in = sigmoid(beta x) R_out``, for second order [dombrowski2019].
 
     Examples

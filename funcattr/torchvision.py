@@ -38,7 +38,7 @@ from funcattr.canonizers import (
     MergeBatchNorm,
     SequentialMergeBatchNorm,
 )
-from funcattr.layer import Sum
+from funcattr.layer import GatedSum, Sum
 
 __all__ = [
     "DenseNetCanonizer",
@@ -52,19 +52,6 @@ __all__ = [
     "SqueezeExcitationCanonizer",
     "VGGCanonizer",
 ]
-
-
-class GatedSum(Sum):
-    """A sum of gated inputs, ``sum(input * gate, dim)``: the gate gets no relevance.
-
-    A :class:`funcattr.layer.Sum`, so the LRP presets give it ``Norm``, which passes all
-    relevance to ``input`` (``R_input = input * gate / sum(input * gate) * R``); the gate is
-    an extra argument and, like a weight, receives none. The ordinary gradient reaches both.
-    Squeeze-excitation's ``scale * input`` is ``GatedSum()(input[..., None], scale[..., None])``.
-    """
-
-    def forward(self, input: Tensor, gate: Tensor) -> Tensor:
-        return torch.sum(input * gate, dim=self.dim)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,11 +1,10 @@
-"""funcattr._affine: closed-form input VJPs of the affine layers on the generic rule path."""
+"""funcattr.layer's registry: the closed-form input VJPs of layers, against autograd."""
 
 import pytest
 import torch
 from torch import nn
 
-from funcattr._affine import affine_input_vjp
-from funcattr.layer import Sum
+from funcattr.layer import GatedSum, Sum, find_input_vjp
 
 
 def _bn(cls, features, affine=True):
@@ -39,30 +38,47 @@ CASES = [
     (lambda: nn.AdaptiveAvgPool3d(2), (2, 2, 5, 4, 3)),
     (lambda: Sum(), (2, 3, 4, 2)),
     (lambda: Sum(dim=1), (2, 3, 4)),
+    (lambda: nn.Linear(4, 3).double(), (2, 5, 4)),
+    (lambda: nn.Conv1d(2, 3, 3, stride=2, padding=1).double(), (2, 2, 9)),
+    (lambda: nn.Conv1d(2, 3, 3, stride=2, padding=1).double(), (2, 9)),  # unbatched
+    (lambda: nn.Conv2d(4, 4, 3, padding=1, groups=4).double(), (2, 4, 5, 5)),
+    (lambda: nn.Conv2d(2, 3, 3, padding=1, padding_mode="reflect").double(), (2, 2, 5, 4)),
+    (lambda: nn.Conv2d(2, 3, 3, padding=(2, 1), padding_mode="replicate").double(),
+     (2, 2, 5, 4)),
+    (lambda: nn.Conv2d(2, 3, 3, padding=(1, 2), padding_mode="circular").double(),
+     (2, 2, 5, 4)),
+    (lambda: nn.Conv2d(2, 3, (3, 2), dilation=2, padding="same").double(), (2, 2, 6, 5)),
+    (lambda: nn.Conv2d(2, 3, (2, 3), padding="same", padding_mode="reflect").double(),
+     (2, 2, 5, 5)),
+    (lambda: nn.Conv3d(2, 2, 2, stride=2, padding="valid").double(), (2, 2, 4, 4, 4)),
+    (lambda: nn.ConvTranspose1d(3, 2, 3, stride=2, padding=1, output_padding=1).double(),
+     (2, 3, 4)),
+    (lambda: nn.ConvTranspose2d(4, 4, 3, stride=2, groups=2, dilation=2).double(),
+     (2, 4, 3, 3)),
+    (lambda: nn.ConvTranspose3d(2, 2, 2, stride=2).double(), (2, 2, 2, 2, 2)),
 ]
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
 @pytest.mark.parametrize(("make", "shape"), CASES, ids=lambda v: None)
 def test_closed_form_equals_autograd(make, shape):
     module = make()
-    vjp = affine_input_vjp(module, (), {})
+    vjp = find_input_vjp(module, (), {})
     assert vjp is not None
     generator = torch.Generator().manual_seed(0)
     u = torch.randn(shape, generator=generator, dtype=torch.float64)
     output, pullback = torch.func.vjp(module, u)
     grad = torch.randn(output.shape, generator=generator, dtype=torch.float64)
-    params = dict(module.named_parameters())
-    buffers = dict(module.named_buffers())
+    state = {**dict(module.named_parameters()), **dict(module.named_buffers())}
     expected = pullback(grad)[0]
-    torch.testing.assert_close(vjp(grad, params=params, buffers=buffers, u=u), expected,
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(vjp(module, state, grad, u), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_batch_norm_vjp_uses_the_given_weight():
     """The rules modify the parameters (ZPlus: the positive weight): the VJP must use the
     weight it is given, not the module's."""
     module = _bn(nn.BatchNorm2d, 3)
-    vjp = affine_input_vjp(module, (), {})
+    vjp = find_input_vjp(module, (), {})
     u = torch.randn(2, 3, 4, 4, dtype=torch.float64)
     grad = torch.randn(2, 3, 4, 4, dtype=torch.float64)
     positive = {"weight": module.weight.clamp(min=0), "bias": torch.zeros(3, dtype=torch.float64)}
@@ -72,7 +88,7 @@ def test_batch_norm_vjp_uses_the_given_weight():
         return torch.func.functional_call(module, {**positive, **buffers}, (v,))
 
     expected = torch.func.vjp(modified, u)[1](grad)[0]
-    torch.testing.assert_close(vjp(grad, params=positive, buffers=buffers, u=u), expected)
+    torch.testing.assert_close(vjp(module, {**positive, **buffers}, grad, u), expected)
 
 
 class _OwnAvgPool(nn.AvgPool2d):
@@ -89,4 +105,30 @@ class _OwnAvgPool(nn.AvgPool2d):
     (nn.Identity(), ()),
 ])
 def test_other_layers_have_no_closed_form(module, args):
-    assert affine_input_vjp(module, args, {}) is None
+    assert find_input_vjp(module, args, {}) is None
+
+
+def test_conv_transpose_with_output_size():
+    module = nn.ConvTranspose2d(2, 3, 3, stride=2).double()
+    u = torch.randn(2, 2, 4, 4, dtype=torch.float64)
+    output, pullback = torch.func.vjp(lambda v: module(v, output_size=(10, 10)), u)
+    grad = torch.randn(output.shape, dtype=torch.float64)
+    vjp = find_input_vjp(module, (), {"output_size": (10, 10)})
+    state = dict(module.named_parameters())
+    torch.testing.assert_close(vjp(module, state, grad, u, output_size=(10, 10)),
+                               pullback(grad)[0], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("gate_shape", [(2, 3, 4, 1), (2, 3, 1, 1), (2, 3, 4, 5)])
+def test_gated_sum_vjp_with_respect_to_the_input(gate_shape):
+    """The gate is a constant of the call (it gets no relevance); it may broadcast either way."""
+    module = GatedSum()
+    generator = torch.Generator().manual_seed(0)
+    u = torch.randn(2, 3, 4, 1, generator=generator, dtype=torch.float64)
+    gate = torch.randn(gate_shape, generator=generator, dtype=torch.float64)
+    output, pullback = torch.func.vjp(lambda v: module(v, gate), u)
+    grad = torch.randn(output.shape, generator=generator, dtype=torch.float64)
+    vjp = find_input_vjp(module, (gate,), {})
+    torch.testing.assert_close(vjp(module, {}, grad, u, gate), pullback(grad)[0], rtol=1e-12,
+                               atol=1e-12)
+    assert find_input_vjp(module, (), {}) is None  # a call without its gate

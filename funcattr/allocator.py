@@ -12,7 +12,12 @@ pixel-flipping curve's time in page faults (100 000 per run) before this.
 
 :func:`warm_allocator` frees one 31 MiB block once per process, which is what glibc would do
 after any such free anyway. It changes no result; with another allocator (macOS, Windows,
-jemalloc) it is one unused allocation.
+jemalloc) it is one unused allocation. It is an explicit opt-in: it changes the allocator of the
+whole process, so a library call never does it behind the caller's back. Applications call it
+once at start-up (the ``funcattr`` command and the benchmarks do)::
+
+    import funcattr.allocator
+    funcattr.allocator.warm_allocator()
 """
 
 from __future__ import annotations
@@ -29,7 +34,13 @@ _warmed = False
 
 
 def warm_allocator() -> None:
-    """Free one 31 MiB CPU buffer, once per process (see the module docstring)."""
+    """Free one 31 MiB CPU buffer, once per process (see the module docstring).
+
+    Examples
+    --------
+    >>> from funcattr.allocator import warm_allocator
+    >>> warm_allocator()
+    """
     global _warmed
     if not _warmed:
         _warmed = True
