@@ -582,6 +582,66 @@ def test_threads_share_one_functionalized_canonized_model():
         assert torch.equal(result, reference)
 
 
+class _Probe(nn.Module):
+    """While it is traced, runs another model's plain forward: what another thread would see
+    at that moment (``torch.fx.symbolic_trace`` patches ``torch.nn.Module.__call__`` for the
+    whole process, and the other model's calls then fail with NameError)."""
+
+    def __init__(self, other: nn.Module, x: Tensor, seen: list) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.__dict__["probe"] = (other, x, seen)  # not a child: not part of the traced tree
+
+    def forward(self, x: Tensor) -> Tensor:
+        other, sample, seen = self.__dict__["probe"]
+        seen.append((torch.nn.Module.__call__, torch.nn.Module.__getattr__, other(sample)))
+        return self.bn(self.conv(x))
+
+
+def test_traced_merge_changes_no_global_state_while_tracing():
+    call, getattr_ = torch.nn.Module.__call__, torch.nn.Module.__getattr__
+    other, x = conv_bn_net(), torch.randn(2, 3, 8, 8)
+    expected = other(x)
+    seen: list = []
+    model = _Probe(other, x, seen).eval()
+    assert TracedMergeBatchNorm().pairs(model) == [(("conv",), "bn")]
+    assert len(seen) == 1
+    (during_call, during_getattr, output), = seen
+    assert during_call is call and during_getattr is getattr_
+    assert torch.equal(output, expected)
+
+
+def test_traced_merge_while_another_thread_runs_a_model():
+    """Issue 14, item 18: tracing in one thread while another thread runs plain forwards."""
+    other, x = conv_bn_net(), torch.randn(2, 3, 8, 8)
+    expected = other(x)
+    traced = conv_bn_net(seed=1)
+    errors: list[BaseException] = []
+    mismatches = []
+    done = threading.Event()
+
+    def run_other() -> None:
+        try:
+            while not done.is_set():
+                if not torch.equal(other(x), expected):
+                    mismatches.append(True)
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    thread = threading.Thread(target=run_other)
+    thread.start()
+    try:
+        for _ in range(30):
+            view, transform = TracedMergeBatchNorm().apply(traced)
+    finally:
+        done.set()
+        thread.join()
+    assert errors == [] and mismatches == []
+    assert_close(torch.func.functional_call(view, transform(model_params(traced)), (x,)),
+                 traced(x))
+
+
 def test_vmap_over_inputs_equals_loop():
     model = conv_bn_net()
     fn, params = funcattr.functionalize(model, None, TracedMergeBatchNorm())
