@@ -1,12 +1,14 @@
 """Composites: data that maps module names and types to rules, the presets and their registry.
 
-A composite only stores its maps; :func:`assign_rules` resolves them for a model. The order
-is Zennit's: modules are visited in ``model.named_modules()`` order (the root first, a module
-registered under two names once); for each, the composite's ``module_map`` gives a rule or
-``None``. In the map composites the first matching entry wins, user entries come before the
-built-in ones, names come before types in :class:`NameLayerMapComposite`, and ``first_map``
-applies only to the first module it matches. A module without a rule keeps its ordinary
-gradient.
+A composite is a frozen value: it stores its maps as tuples of ``(types or names, rule)`` and
+compares and hashes by them (two equal composites give every module the same rule); its
+``repr`` shows the constructor arguments and :meth:`Composite.table` the maps.
+:func:`assign_rules` resolves a composite for a model. The order is Zennit's: modules are
+visited in ``model.named_modules()`` order (the root first, a module registered under two
+names once); for each, the composite's ``module_map`` gives a rule or ``None``. In the map
+composites the first matching entry wins, user entries come before the built-in ones, names
+come before types in :class:`NameLayerMapComposite`, and ``first_map`` applies only to the
+first module it matches. A module without a rule keeps its ordinary gradient.
 """
 
 from __future__ import annotations
@@ -15,13 +17,17 @@ import difflib
 import inspect
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from funcattr import types
+from funcattr.canonizers import Canonizer, CompositeCanonizer
 from funcattr.core import Rule
 from funcattr.layer import Sum
+from funcattr.ruled import FunctionalModel, LiveModel, RuleMap
 from funcattr.rules import (
     AlphaBeta,
     Epsilon,
@@ -62,44 +68,164 @@ __all__ = [
     "suggest_composites",
 ]
 
-ModuleMap = Callable[[dict, str, nn.Module], Rule | None]
+ModuleMap = Callable[[dict, str, nn.Module], "Rule | None"]
 LayerMap = Sequence[tuple[Any, Rule]]
 NameMap = Sequence[tuple[Sequence[str], Rule]]
 
 
-def _as_tuple(value: Iterable | None) -> tuple:
-    return () if value is None else tuple(value)
+# --------------------------------------------------------------------------------------------
+# Checking constructor arguments
+# --------------------------------------------------------------------------------------------
+
+def _pairs(value: Iterable | None, owner: str, argument: str) -> tuple:
+    """``value`` as a tuple of 2-tuples (``None`` is empty); a non-pair is a TypeError."""
+    if value is None:
+        return ()
+    example = ("layer_map=[(torch.nn.Linear, Epsilon())]" if argument != "name_map"
+               else "name_map=[(['features.0'], Epsilon())]")
+    if not isinstance(value, Iterable) or isinstance(value, str):
+        raise TypeError(f"{owner}({argument}={value!r}): expected a sequence of (key, rule) "
+                        f"pairs, got {type(value).__name__}. Write e.g. {example}.")
+    pairs = []
+    for entry in value:
+        if not isinstance(entry, Sequence) or isinstance(entry, str) or len(entry) != 2:
+            raise TypeError(f"{owner}({argument}=...): expected (key, rule) pairs, got "
+                            f"{entry!r}. Write e.g. {example}.")
+        pairs.append(tuple(entry))
+    return tuple(pairs)
 
 
+def _layer_map(value: LayerMap | None, owner: str, argument: str) -> tuple:
+    """Entries ``(type or tuple of types, rule)``; a list of types becomes a tuple."""
+    entries = []
+    for kinds, rule in _pairs(value, owner, argument):
+        kinds = tuple(kinds) if isinstance(kinds, list | tuple) else kinds
+        members = kinds if isinstance(kinds, tuple) else (kinds,)
+        if not members or not all(isinstance(kind, type) for kind in members):
+            raise TypeError(f"{owner}({argument}=...): expected module types (a class or a "
+                            f"tuple of classes) as keys, got {kinds!r}. Write e.g. "
+                            f"{argument}=[(torch.nn.Linear, Epsilon())].")
+        entries.append((kinds, rule))
+    return tuple(entries)
+
+
+def _name_map(value: NameMap | None, owner: str) -> tuple:
+    """Entries ``(tuple of module names, rule)``; a single name becomes a 1-tuple."""
+    entries = []
+    for names, rule in _pairs(value, owner, "name_map"):
+        names = (names,) if isinstance(names, str) else tuple(names)
+        if not all(isinstance(name, str) for name in names):
+            raise TypeError(f"{owner}(name_map=...): expected module names (str) as keys, got "
+                            f"{names!r}. Write e.g. name_map=[(['features.0'], Epsilon())].")
+        entries.append((names, rule))
+    return tuple(entries)
+
+
+def _canonizers(value: Any, owner: str) -> tuple[Canonizer, ...]:
+    if value is None:
+        return ()
+    items = (value,) if isinstance(value, Canonizer) else value
+    if not isinstance(items, Iterable) or isinstance(items, str):
+        raise TypeError(f"{owner}(canonizers={value!r}): expected a Canonizer or a list of "
+                        f"Canonizers, got {type(value).__name__}. Pass e.g. "
+                        f"canonizers=[SequentialMergeBatchNorm()].")
+    items = tuple(items)
+    for item in items:
+        if not isinstance(item, Canonizer):
+            raise TypeError(f"{owner}(canonizers=...): expected Canonizer instances, got "
+                            f"{type(item).__name__}. Pass e.g. "
+                            f"canonizers=[SequentialMergeBatchNorm()].")
+    return items
+
+
+def _key_name(kinds: Any) -> str:
+    """``torch.nn.Linear``, ``funcattr.types.Convolution``, ``(a, b)`` for a table row."""
+    if isinstance(kinds, tuple):
+        return f"({', '.join(_key_name(kind) for kind in kinds)})"
+    if isinstance(kinds, types.LayerGroup):
+        return repr(kinds)
+    if isinstance(kinds, type):
+        if getattr(torch.nn, kinds.__name__, None) is kinds:
+            return f"torch.nn.{kinds.__name__}"
+        return f"{kinds.__module__}.{kinds.__qualname__}"
+    return repr(kinds)
+
+
+# --------------------------------------------------------------------------------------------
+# The composite classes (Zennit's names and constructor arguments)
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, init=False, repr=False)
 class Composite:
     """A mapping from modules to rules, plus the canonizers to apply first.
+
+    A frozen value: equal composites give every module the same rule (equality and hashing
+    compare the maps and canonizers), ``repr`` shows the constructor arguments and
+    :meth:`table` the maps in the order they are tried.
 
     Parameters
     ----------
     module_map : callable, optional
         ``module_map(ctx, name, module) -> Rule | None``; ``ctx`` is a dict that lives for one
         resolution. The default maps nothing.
-    canonizers : sequence of Canonizer, optional
+    canonizers : Canonizer or sequence of Canonizer, optional
         Applied, in order, before rules are assigned.
     """
 
+    mapping: ModuleMap | None
+    canonizers: tuple[Canonizer, ...]
+    arguments: tuple[tuple[str, Any], ...] = field(compare=False)
+
     def __init__(self, module_map: ModuleMap | None = None, canonizers=None) -> None:
-        self._module_map = module_map
-        self.canonizers = _as_tuple(canonizers)
+        owner = type(self).__name__
+        if module_map is not None and not callable(module_map):
+            raise TypeError(f"{owner}(module_map={module_map!r}): expected a callable "
+                            f"(ctx, name, module) -> Rule | None, got "
+                            f"{type(module_map).__name__}. Pass a function, or use "
+                            f"LayerMapComposite / NameMapComposite for tables.")
+        self._store(mapping=module_map, canonizers=_canonizers(canonizers, owner))
+        self._record(module_map=module_map, canonizers=canonizers)
+
+    def _store(self, **fields: Any) -> None:
+        """Set fields of this frozen value (constructors only)."""
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
+
+    def _record(self, **arguments: Any) -> None:
+        """The constructor arguments ``repr`` shows (``None`` ones are left out)."""
+        self._store(arguments=tuple((k, v) for k, v in arguments.items() if v is not None))
 
     def module_map(self, ctx: dict, name: str, module: nn.Module) -> Rule | None:
         """The rule for ``module`` (called ``name``), or ``None`` to keep its gradient."""
-        if self._module_map is None:
+        if self.mapping is None:
             return None
-        return self._module_map(ctx, name, module)
+        return self.mapping(ctx, name, module)
 
     def names(self) -> tuple[str, ...]:
         """Module names this composite refers to (checked against the model)."""
         return ()
 
+    def rows(self) -> list[tuple[str, str, Any]]:
+        """``(map, key, rule)`` for each entry, in the order the entries are tried."""
+        return [] if self.mapping is None else [("module_map", repr(self.mapping), "")]
+
+    def table(self) -> str:
+        """The maps as an aligned table ``map  key  rule``, in the order entries are tried."""
+        rows = [(where, key, repr(rule)) for where, key, rule in self.rows()]
+        rows += [("canonizers", repr(canonizer), "") for canonizer in self.canonizers]
+        if not rows:
+            return f"{type(self).__name__}: no entries"
+        widths = [max(len(row[i]) for row in rows) for i in range(2)]
+        return "\n".join(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c}".rstrip()
+                         for a, b, c in rows)
+
     @contextmanager
     def context(self, model: nn.Module) -> Iterator[nn.Module]:
         """Zennit's idiom: yield a rule-applied view of ``model``; ``model`` is not changed.
+
+        The view computes with the model's current parameters; it is built from the
+        composite's canonizers, :func:`assign_rules` and :class:`~funcattr.ruled.FunctionalModel`
+        (what ``functionalize`` returns), so it equals ``functionalize(model, self)``.
 
         Examples
         --------
@@ -107,26 +233,35 @@ class Composite:
         ...     output = modified(input)
         ...     relevance, = torch.autograd.grad(output, input, target)
         """
-        from funcattr.functional import RuledModule
-
-        yield RuledModule(model, self)
+        view, transform = CompositeCanonizer(self.canonizers).apply(model)
+        yield LiveModel(model, FunctionalModel(view, assign_rules(view, self), transform))
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+        arguments = ", ".join(f"{k}={_shown(v)!r}" for k, v in self.arguments)
+        return f"{type(self).__name__}({arguments})"
 
 
+def _shown(value: Any) -> Any:
+    """Sequences of map entries and canonizers print as lists, as they were passed."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+@dataclass(frozen=True, init=False, repr=False)
 class LayerMapComposite(Composite):
     """Rules by module type: ``layer_map = [(types, rule), ...]``, first match wins."""
 
+    layer_map: tuple[tuple[Any, Rule], ...]
+
     def __init__(self, layer_map: LayerMap | None = None, canonizers=None) -> None:
         super().__init__(canonizers=canonizers)
-        self.layer_map = _as_tuple(layer_map)
+        self._store(layer_map=_layer_map(layer_map, type(self).__name__, "layer_map"))
+        self._record(layer_map=self.layer_map or None, canonizers=canonizers)
 
     def module_map(self, ctx, name, module):
         return _first_type_match(self.layer_map, module)
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(layer_map={list(self.layer_map)!r})"
+    def rows(self):
+        return [("layer_map", _key_name(kinds), rule) for kinds, rule in self.layer_map]
 
 
 def _first_type_match(layer_map: LayerMap, module: nn.Module) -> Rule | None:
@@ -136,15 +271,20 @@ def _first_type_match(layer_map: LayerMap, module: nn.Module) -> Rule | None:
     return None
 
 
+@dataclass(frozen=True, init=False, repr=False)
 class SpecialFirstLayerMapComposite(LayerMapComposite):
     """Like :class:`LayerMapComposite`, but ``first_map`` rules the first module it matches."""
+
+    first_map: tuple[tuple[Any, Rule], ...]
 
     def __init__(
         self, layer_map: LayerMap | None = None, first_map: LayerMap | None = None,
         canonizers=None,
     ) -> None:
         super().__init__(layer_map, canonizers)
-        self.first_map = _as_tuple(first_map)
+        self._store(first_map=_layer_map(first_map, type(self).__name__, "first_map"))
+        self._record(layer_map=self.layer_map or None, first_map=self.first_map or None,
+                     canonizers=canonizers)
 
     def module_map(self, ctx, name, module):
         if not ctx.get("first_layer_visited"):
@@ -154,20 +294,21 @@ class SpecialFirstLayerMapComposite(LayerMapComposite):
                 return rule
         return super().module_map(ctx, name, module)
 
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}(layer_map={list(self.layer_map)!r}, "
-                f"first_map={list(self.first_map)!r})")
+    def rows(self):
+        first = [("first_map", _key_name(kinds), rule) for kinds, rule in self.first_map]
+        return first + super().rows()
 
 
+@dataclass(frozen=True, init=False, repr=False)
 class NameMapComposite(Composite):
     """Rules by module name: ``name_map = [(names, rule), ...]``, first match wins."""
 
+    name_map: tuple[tuple[tuple[str, ...], Rule], ...]
+
     def __init__(self, name_map: NameMap | None = None, canonizers=None) -> None:
         super().__init__(canonizers=canonizers)
-        self.name_map = tuple(
-            ((names,) if isinstance(names, str) else tuple(names), rule)
-            for names, rule in _as_tuple(name_map)
-        )
+        self._store(name_map=_name_map(name_map, type(self).__name__))
+        self._record(name_map=self.name_map or None, canonizers=canonizers)
 
     def module_map(self, ctx, name, module):
         for names, rule in self.name_map:
@@ -178,34 +319,46 @@ class NameMapComposite(Composite):
     def names(self):
         return tuple(name for names, _ in self.name_map for name in names)
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name_map={list(self.name_map)!r})"
+    def rows(self):
+        return [("name_map", ", ".join(names), rule) for names, rule in self.name_map]
 
 
+@dataclass(frozen=True, init=False, repr=False)
 class MixedComposite(Composite):
     """Several composites; for each module every one is asked and the first rule wins.
 
     The canonizers are the user's, then each composite's in order.
     """
 
+    composites: tuple[Composite, ...]
+
     def __init__(self, composites: Sequence[Composite], canonizers=None) -> None:
-        composites = tuple(composites)
-        merged = _as_tuple(canonizers) + tuple(
+        owner = type(self).__name__
+        composites = tuple(composites) if isinstance(composites, Iterable) else (composites,)
+        for composite in composites:
+            if not isinstance(composite, Composite):
+                raise TypeError(f"{owner}(composites=...): expected Composite instances, got "
+                                f"{type(composite).__name__}. Pass e.g. "
+                                f"MixedComposite([NameMapComposite(...), EpsilonPlus()]).")
+        merged = _canonizers(canonizers, owner) + tuple(
             c for composite in composites for c in composite.canonizers
         )
         super().__init__(canonizers=merged)
-        self.composites = composites
+        self._store(composites=composites)
+        self._record(composites=composites, canonizers=canonizers)
 
     def module_map(self, ctx, name, module):
-        contexts = ctx.setdefault("mixed", {id(c): {} for c in self.composites})
-        rules = [c.module_map(contexts[id(c)], name, module) for c in self.composites]
+        contexts = ctx.setdefault("mixed", [{} for _ in self.composites])
+        rules = [c.module_map(contexts[i], name, module) for i, c in enumerate(self.composites)]
         return next((rule for rule in rules if rule is not None), None)
 
     def names(self):
         return tuple(name for composite in self.composites for name in composite.names())
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({list(self.composites)!r})"
+    def rows(self):
+        return [(f"composites[{i}].{where}", key, rule)
+                for i, composite in enumerate(self.composites)
+                for where, key, rule in composite.rows()]
 
 
 class NameLayerMapComposite(MixedComposite):
@@ -216,27 +369,14 @@ class NameLayerMapComposite(MixedComposite):
         super().__init__(
             [NameMapComposite(name_map), LayerMapComposite(layer_map)], canonizers=canonizers
         )
+        names, layers = self.composites
+        self._record(name_map=names.name_map or None, layer_map=layers.layer_map or None,
+                     canonizers=canonizers)
 
 
 # --------------------------------------------------------------------------------------------
 # Resolution
 # --------------------------------------------------------------------------------------------
-
-class RuleMap(dict):
-    """``{module name: rule}`` with a printed table ``name  module  rule``."""
-
-    def __init__(self, rules: dict[str, Rule], modules: dict[str, nn.Module]) -> None:
-        super().__init__(rules)
-        self.modules = {name: modules[name] for name in rules}
-
-    def __repr__(self) -> str:
-        if not self:
-            return "RuleMap(no rules)"
-        rows = [(name or "<root>", type(self.modules[name]).__name__, repr(rule))
-                for name, rule in self.items()]
-        widths = [max(len(row[i]) for row in rows) for i in range(2)]
-        return "\n".join(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c}" for a, b, c in rows)
-
 
 _BAD_RULES = """\
 assign_rules(composite={composite}): {count} module(s) cannot take their rule:
@@ -249,6 +389,9 @@ def assign_rules(model: nn.Module, composite: Composite | None) -> RuleMap:
 
     Raises
     ------
+    TypeError
+        If ``composite`` is not a funcattr composite or its map gives something that is not a
+        funcattr rule.
     ValueError
         If a name in a name map matches no module (the closest names are suggested), or if any
         module cannot take its rule (all such modules are listed at once).
@@ -298,7 +441,7 @@ def assign_rules(model: nn.Module, composite: Composite | None) -> RuleMap:
 
 
 # --------------------------------------------------------------------------------------------
-# Presets and registry
+# Registry
 # --------------------------------------------------------------------------------------------
 
 COMPOSITES: dict[str, type[Composite]] = {}
@@ -306,8 +449,16 @@ COMPOSITES: dict[str, type[Composite]] = {}
 
 def register_composite(name: str) -> Callable[[type], type]:
     """Class decorator: ``COMPOSITES[name] = cls``."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"register_composite(name={name!r}): expected a non-empty name (str), "
+                        f"got {type(name).__name__}. Write e.g. "
+                        f"@register_composite('my_composite').")
 
     def register(cls: type) -> type:
+        if not (isinstance(cls, type) and issubclass(cls, Composite)):
+            raise TypeError(f"register_composite(name={name!r}): expected a Composite "
+                            f"subclass, got {cls!r}. Decorate a subclass of "
+                            f"funcattr.composites.Composite (e.g. of LayerMapComposite).")
         COMPOSITES[name] = cls
         cls.registry_name = name
         return cls
@@ -333,6 +484,9 @@ def required_arguments(name: str) -> list[str]:
 
 def get_composite(name: str, **kwargs) -> Composite:
     """Instantiate a registered composite by name, e.g. ``get_composite('epsilon_plus')``."""
+    if not isinstance(name, str):
+        raise TypeError(f"get_composite(name={name!r}): expected a registered composite name "
+                        f"(str), got {type(name).__name__}. Pass e.g. 'epsilon_plus'.")
     if name not in COMPOSITES:
         raise ValueError(
             f"get_composite(name={name!r}): unknown composite; registered names are "
@@ -348,6 +502,10 @@ def get_composite(name: str, **kwargs) -> Composite:
     return COMPOSITES[name](**kwargs)
 
 
+# --------------------------------------------------------------------------------------------
+# Presets (Zennit's names and signatures; each docstring's table is checked by a doctest)
+# --------------------------------------------------------------------------------------------
+
 def layer_map_base(stabilizer: Any = 1e-6) -> list[tuple[Any, Rule]]:
     """The shared part of the LRP presets: Pass activations/BatchNorm, Norm sums/avg-pools."""
     return [
@@ -358,161 +516,228 @@ def layer_map_base(stabilizer: Any = 1e-6) -> list[tuple[Any, Rule]]:
     ]
 
 
-class _Preset:
-    """Mixin: remember constructor arguments for ``repr`` and equality."""
-
-    _arguments: dict
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self._arguments.items())
-        return f"{type(self).__name__}({args})"
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and repr(other) == repr(self)
-
-    def __hash__(self) -> int:
-        return hash(repr(self))
-
-
-@register_composite("epsilon_gamma_box")
-class EpsilonGammaBox(_Preset, SpecialFirstLayerMapComposite):
-    """ZBox on the first convolution, Gamma on convolutions, Epsilon on dense layers.
-
-    Rule table (after the user's ``layer_map``/``first_map`` entries):
-
-    ============================  =======================
-    first convolution             ``ZBox(low, high)``
-    Activation                    ``Pass()``
-    Sum, AvgPool                  ``Norm()``
-    BatchNorm                     ``Pass()``
-    Convolution                   ``Gamma(gamma)``
-    torch.nn.Linear               ``Epsilon(epsilon)``
-    ============================  =======================
-    """
-
-    def __init__(self, low, high, epsilon=1e-6, gamma=0.25, stabilizer=1e-6, layer_map=None,
-                 first_map=None, zero_params=None, canonizers=None):
-        self._arguments = dict(low=low, high=high, epsilon=epsilon, gamma=gamma,
-                               stabilizer=stabilizer, zero_params=zero_params)
-        kw = dict(zero_params=zero_params)
-        super().__init__(
-            layer_map=_as_tuple(layer_map) + tuple(layer_map_base(stabilizer)) + (
-                (types.Convolution, Gamma(gamma=gamma, stabilizer=stabilizer, **kw)),
-                (nn.Linear, Epsilon(epsilon=epsilon, **kw)),
-            ),
-            first_map=_as_tuple(first_map) + (
-                (types.Convolution, ZBox(low=low, high=high, stabilizer=stabilizer, **kw)),
-            ),
-            canonizers=canonizers,
-        )
-
-
-def _epsilon_layer_map(rule, epsilon, stabilizer, layer_map, zero_params):
-    return _as_tuple(layer_map) + tuple(layer_map_base(stabilizer)) + (
+def _epsilon_layer_map(rule: Rule, epsilon, stabilizer, layer_map, zero_params) -> tuple:
+    """The user's layer_map, :func:`layer_map_base`, ``rule`` on convolutions, Epsilon dense."""
+    return tuple(layer_map or ()) + tuple(layer_map_base(stabilizer)) + (
         (types.Convolution, rule),
         (nn.Linear, Epsilon(epsilon=epsilon, zero_params=zero_params)),
     )
 
 
+@register_composite("epsilon_gamma_box")
+class EpsilonGammaBox(SpecialFirstLayerMapComposite):
+    """ZBox on the first convolution, Gamma on convolutions, Epsilon on dense layers.
+
+    The rules after the user's ``layer_map`` / ``first_map`` entries:
+
+    >>> print(EpsilonGammaBox(low=-3.0, high=3.0).table())
+    first_map  funcattr.types.Convolution  ZBox(low=-3.0, high=3.0, stabilizer=1e-06, zero_params=None)
+    layer_map  funcattr.types.Activation   Pass()
+    layer_map  funcattr.layer.Sum          Norm(stabilizer=1e-06)
+    layer_map  funcattr.types.AvgPool      Norm(stabilizer=1e-06)
+    layer_map  funcattr.types.BatchNorm    Pass()
+    layer_map  funcattr.types.Convolution  Gamma(gamma=0.25, stabilizer=1e-06, zero_params=None)
+    layer_map  torch.nn.Linear             Epsilon(epsilon=1e-06, zero_params=None)
+    """  # noqa: E501  (the doctest's lines are the table's)
+
+    def __init__(self, low, high, epsilon=1e-6, gamma=0.25, stabilizer=1e-6, layer_map=None,
+                 first_map=None, zero_params=None, canonizers=None):
+        kw = dict(zero_params=zero_params)
+        super().__init__(
+            layer_map=_epsilon_layer_map(
+                Gamma(gamma=gamma, stabilizer=stabilizer, **kw), epsilon, stabilizer,
+                _layer_map(layer_map, "EpsilonGammaBox", "layer_map"), zero_params),
+            first_map=_layer_map(first_map, "EpsilonGammaBox", "first_map") + (
+                (types.Convolution, ZBox(low=low, high=high, stabilizer=stabilizer, **kw)),
+            ),
+            canonizers=canonizers,
+        )
+        _record_preset(self, dict(low=low, high=high, epsilon=epsilon, gamma=gamma,
+                                  stabilizer=stabilizer, zero_params=zero_params),
+                       layer_map=layer_map, first_map=first_map, canonizers=canonizers)
+
+
+def _record_preset(composite: Composite, arguments: dict, **optional: Any) -> None:
+    """A preset's ``repr``: its own arguments always, ``layer_map`` etc. when given."""
+    shown = [*arguments.items(), *((k, v) for k, v in optional.items() if v)]
+    composite._store(arguments=tuple(shown))
+
+
 @register_composite("epsilon_plus")
-class EpsilonPlus(_Preset, LayerMapComposite):
-    """ZPlus on convolutions, Epsilon on dense layers; Pass/Norm as in :func:`layer_map_base`."""
+class EpsilonPlus(LayerMapComposite):
+    """ZPlus on convolutions, Epsilon on dense layers; Pass/Norm as in :func:`layer_map_base`.
+
+    >>> print(EpsilonPlus().table())
+    layer_map  funcattr.types.Activation   Pass()
+    layer_map  funcattr.layer.Sum          Norm(stabilizer=1e-06)
+    layer_map  funcattr.types.AvgPool      Norm(stabilizer=1e-06)
+    layer_map  funcattr.types.BatchNorm    Pass()
+    layer_map  funcattr.types.Convolution  ZPlus(stabilizer=1e-06, zero_params=None)
+    layer_map  torch.nn.Linear             Epsilon(epsilon=1e-06, zero_params=None)
+    """
 
     def __init__(self, epsilon=1e-6, stabilizer=1e-6, layer_map=None, zero_params=None,
                  canonizers=None):
-        self._arguments = dict(epsilon=epsilon, stabilizer=stabilizer, zero_params=zero_params)
         rule = ZPlus(stabilizer=stabilizer, zero_params=zero_params)
-        super().__init__(_epsilon_layer_map(rule, epsilon, stabilizer, layer_map, zero_params),
-                         canonizers=canonizers)
+        super().__init__(_epsilon_layer_map(
+            rule, epsilon, stabilizer, _layer_map(layer_map, "EpsilonPlus", "layer_map"),
+            zero_params), canonizers=canonizers)
+        _record_preset(self, dict(epsilon=epsilon, stabilizer=stabilizer,
+                                  zero_params=zero_params),
+                       layer_map=layer_map, canonizers=canonizers)
 
 
 @register_composite("epsilon_alpha2_beta1")
-class EpsilonAlpha2Beta1(_Preset, LayerMapComposite):
-    """AlphaBeta(2, 1) on convolutions, Epsilon on dense layers."""
+class EpsilonAlpha2Beta1(LayerMapComposite):
+    """AlphaBeta(2, 1) on convolutions, Epsilon on dense layers.
+
+    >>> print(EpsilonAlpha2Beta1().table())
+    layer_map  funcattr.types.Activation   Pass()
+    layer_map  funcattr.layer.Sum          Norm(stabilizer=1e-06)
+    layer_map  funcattr.types.AvgPool      Norm(stabilizer=1e-06)
+    layer_map  funcattr.types.BatchNorm    Pass()
+    layer_map  funcattr.types.Convolution  AlphaBeta(alpha=2.0, beta=1.0, stabilizer=1e-06, zero_params=None)
+    layer_map  torch.nn.Linear             Epsilon(epsilon=1e-06, zero_params=None)
+    """  # noqa: E501  (the doctest's lines are the table's)
 
     def __init__(self, epsilon=1e-6, stabilizer=1e-6, layer_map=None, zero_params=None,
                  canonizers=None):
-        self._arguments = dict(epsilon=epsilon, stabilizer=stabilizer, zero_params=zero_params)
         rule = AlphaBeta(alpha=2.0, beta=1.0, stabilizer=stabilizer, zero_params=zero_params)
-        super().__init__(_epsilon_layer_map(rule, epsilon, stabilizer, layer_map, zero_params),
-                         canonizers=canonizers)
+        super().__init__(_epsilon_layer_map(
+            rule, epsilon, stabilizer, _layer_map(layer_map, "EpsilonAlpha2Beta1", "layer_map"),
+            zero_params), canonizers=canonizers)
+        _record_preset(self, dict(epsilon=epsilon, stabilizer=stabilizer,
+                                  zero_params=zero_params),
+                       layer_map=layer_map, canonizers=canonizers)
 
 
 @register_composite("epsilon_plus_flat")
-class EpsilonPlusFlat(_Preset, SpecialFirstLayerMapComposite):
-    """Flat on the first linear layer (dense or convolution), then as :class:`EpsilonPlus`."""
+class EpsilonPlusFlat(SpecialFirstLayerMapComposite):
+    """Flat on the first linear layer (dense or convolution), then as :class:`EpsilonPlus`.
+
+    >>> print(EpsilonPlusFlat().table())
+    first_map  funcattr.types.Linear       Flat(stabilizer=1e-06, zero_params=None)
+    layer_map  funcattr.types.Activation   Pass()
+    layer_map  funcattr.layer.Sum          Norm(stabilizer=1e-06)
+    layer_map  funcattr.types.AvgPool      Norm(stabilizer=1e-06)
+    layer_map  funcattr.types.BatchNorm    Pass()
+    layer_map  funcattr.types.Convolution  ZPlus(stabilizer=1e-06, zero_params=None)
+    layer_map  torch.nn.Linear             Epsilon(epsilon=1e-06, zero_params=None)
+    """
 
     def __init__(self, epsilon=1e-6, stabilizer=1e-6, layer_map=None, first_map=None,
                  zero_params=None, canonizers=None):
-        self._arguments = dict(epsilon=epsilon, stabilizer=stabilizer, zero_params=zero_params)
         rule = ZPlus(stabilizer=stabilizer, zero_params=zero_params)
         super().__init__(
-            _epsilon_layer_map(rule, epsilon, stabilizer, layer_map, zero_params),
-            _as_tuple(first_map) + (
+            _epsilon_layer_map(rule, epsilon, stabilizer,
+                               _layer_map(layer_map, "EpsilonPlusFlat", "layer_map"), zero_params),
+            _layer_map(first_map, "EpsilonPlusFlat", "first_map") + (
                 (types.Linear, Flat(stabilizer=stabilizer, zero_params=zero_params)),
             ),
             canonizers=canonizers,
         )
+        _record_preset(self, dict(epsilon=epsilon, stabilizer=stabilizer,
+                                  zero_params=zero_params),
+                       layer_map=layer_map, first_map=first_map, canonizers=canonizers)
 
 
 @register_composite("epsilon_alpha2_beta1_flat")
-class EpsilonAlpha2Beta1Flat(_Preset, SpecialFirstLayerMapComposite):
-    """Flat on the first linear layer, then as :class:`EpsilonAlpha2Beta1`."""
+class EpsilonAlpha2Beta1Flat(SpecialFirstLayerMapComposite):
+    """Flat on the first linear layer, then as :class:`EpsilonAlpha2Beta1`.
+
+    >>> print(EpsilonAlpha2Beta1Flat().table())
+    first_map  funcattr.types.Linear       Flat(stabilizer=1e-06, zero_params=None)
+    layer_map  funcattr.types.Activation   Pass()
+    layer_map  funcattr.layer.Sum          Norm(stabilizer=1e-06)
+    layer_map  funcattr.types.AvgPool      Norm(stabilizer=1e-06)
+    layer_map  funcattr.types.BatchNorm    Pass()
+    layer_map  funcattr.types.Convolution  AlphaBeta(alpha=2.0, beta=1.0, stabilizer=1e-06, zero_params=None)
+    layer_map  torch.nn.Linear             Epsilon(epsilon=1e-06, zero_params=None)
+    """  # noqa: E501  (the doctest's lines are the table's)
 
     def __init__(self, epsilon=1e-6, stabilizer=1e-6, layer_map=None, first_map=None,
                  zero_params=None, canonizers=None):
-        self._arguments = dict(epsilon=epsilon, stabilizer=stabilizer, zero_params=zero_params)
         rule = AlphaBeta(alpha=2.0, beta=1.0, stabilizer=stabilizer, zero_params=zero_params)
+        owner = "EpsilonAlpha2Beta1Flat"
         super().__init__(
-            _epsilon_layer_map(rule, epsilon, stabilizer, layer_map, zero_params),
-            _as_tuple(first_map) + (
+            _epsilon_layer_map(rule, epsilon, stabilizer,
+                               _layer_map(layer_map, owner, "layer_map"), zero_params),
+            _layer_map(first_map, owner, "first_map") + (
                 (types.Linear, Flat(stabilizer=stabilizer, zero_params=zero_params)),
             ),
             canonizers=canonizers,
         )
+        _record_preset(self, dict(epsilon=epsilon, stabilizer=stabilizer,
+                                  zero_params=zero_params),
+                       layer_map=layer_map, first_map=first_map, canonizers=canonizers)
 
 
 @register_composite("deconvnet")
-class DeconvNet(_Preset, LayerMapComposite):
-    """DeconvNet: ``ReLUDeconvNet`` on every ``torch.nn.ReLU``."""
+class DeconvNet(LayerMapComposite):
+    """DeconvNet: ``ReLUDeconvNet`` on every ``torch.nn.ReLU``.
+
+    >>> print(DeconvNet().table())
+    layer_map  torch.nn.ReLU  ReLUDeconvNet()
+    """
 
     def __init__(self, layer_map=None, canonizers=None):
-        self._arguments = {}
-        super().__init__(_as_tuple(layer_map) + ((nn.ReLU, ReLUDeconvNet()),), canonizers)
+        super().__init__(_layer_map(layer_map, "DeconvNet", "layer_map")
+                         + ((nn.ReLU, ReLUDeconvNet()),), canonizers)
+        _record_preset(self, {}, layer_map=layer_map, canonizers=canonizers)
 
 
 @register_composite("guided_backprop")
-class GuidedBackprop(_Preset, LayerMapComposite):
-    """Guided backprop: ``ReLUGuidedBackprop`` on every ``torch.nn.ReLU``."""
+class GuidedBackprop(LayerMapComposite):
+    """Guided backprop: ``ReLUGuidedBackprop`` on every ``torch.nn.ReLU``.
+
+    >>> print(GuidedBackprop().table())
+    layer_map  torch.nn.ReLU  ReLUGuidedBackprop()
+    """
 
     def __init__(self, layer_map=None, canonizers=None):
-        self._arguments = {}
-        super().__init__(_as_tuple(layer_map) + ((nn.ReLU, ReLUGuidedBackprop()),), canonizers)
+        super().__init__(_layer_map(layer_map, "GuidedBackprop", "layer_map")
+                         + ((nn.ReLU, ReLUGuidedBackprop()),), canonizers)
+        _record_preset(self, {}, layer_map=layer_map, canonizers=canonizers)
 
 
 @register_composite("excitation_backprop")
-class ExcitationBackprop(_Preset, LayerMapComposite):
-    """Excitation backprop: ZPlus on every linear layer, Norm on sums and average pooling."""
+class ExcitationBackprop(LayerMapComposite):
+    """Excitation backprop: ZPlus on every linear layer, Norm on sums and average pooling.
+
+    >>> print(ExcitationBackprop().table())
+    layer_map  funcattr.layer.Sum      Norm(stabilizer=1e-06)
+    layer_map  funcattr.types.AvgPool  Norm(stabilizer=1e-06)
+    layer_map  funcattr.types.Linear   ZPlus(stabilizer=1e-06, zero_params=None)
+    """
 
     def __init__(self, stabilizer=1e-6, layer_map=None, zero_params=None, canonizers=None):
-        self._arguments = dict(stabilizer=stabilizer, zero_params=zero_params)
         super().__init__(
-            _as_tuple(layer_map) + (
+            _layer_map(layer_map, "ExcitationBackprop", "layer_map") + (
                 (Sum, Norm(stabilizer)),
                 (types.AvgPool, Norm(stabilizer)),
                 (types.Linear, ZPlus(stabilizer=stabilizer, zero_params=zero_params)),
             ),
             canonizers,
         )
+        _record_preset(self, dict(stabilizer=stabilizer, zero_params=zero_params),
+                       layer_map=layer_map, canonizers=canonizers)
 
 
 @register_composite("beta_smooth")
-class BetaSmooth(_Preset, LayerMapComposite):
-    """Softplus surrogate gradients: ``ReLUBetaSmooth(beta_smooth)`` on every ReLU."""
+class BetaSmooth(LayerMapComposite):
+    """Softplus surrogate gradients: ``ReLUBetaSmooth(beta_smooth)`` on every ReLU.
+
+    ``zero_params`` is accepted for Zennit's signature and has no effect (no parameters).
+
+    >>> print(BetaSmooth().table())
+    layer_map  torch.nn.ReLU  ReLUBetaSmooth(beta_smooth=10.0)
+    """
 
     def __init__(self, beta_smooth=10.0, layer_map=None, zero_params=None, canonizers=None):
-        self._arguments = dict(beta_smooth=beta_smooth)
         super().__init__(
-            _as_tuple(layer_map) + ((nn.ReLU, ReLUBetaSmooth(beta_smooth=beta_smooth)),),
+            _layer_map(layer_map, "BetaSmooth", "layer_map")
+            + ((nn.ReLU, ReLUBetaSmooth(beta_smooth=beta_smooth)),),
             canonizers,
         )
+        _record_preset(self, dict(beta_smooth=beta_smooth), layer_map=layer_map,
+                       canonizers=canonizers)

@@ -68,6 +68,8 @@ class CompositeCanonizer(Canonizer):
         object.__setattr__(self, "canonizers", canonizers)
 
     def apply(self, model):
+        if not self.canonizers:
+            return model, identity_transform
         transforms = []
         for canonizer in self.canonizers:
             model, transform = canonizer.apply(model)
