@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from funcattr import types
-from funcattr.canonizers import Canonizer, CompositeCanonizer
+from funcattr.canonizers import Canonizer, CompositeCanonizer, as_canonizers
 from funcattr.core import Rule
 from funcattr.layer import Sum
 from funcattr.ruled import FunctionalModel, LiveModel, RuleMap
@@ -121,23 +121,6 @@ def _name_map(value: NameMap | None, owner: str) -> tuple:
     return tuple(entries)
 
 
-def _canonizers(value: Any, owner: str) -> tuple[Canonizer, ...]:
-    if value is None:
-        return ()
-    items = (value,) if isinstance(value, Canonizer) else value
-    if not isinstance(items, Iterable) or isinstance(items, str):
-        raise TypeError(f"{owner}(canonizers={value!r}): expected a Canonizer or a list of "
-                        f"Canonizers, got {type(value).__name__}. Pass e.g. "
-                        f"canonizers=[SequentialMergeBatchNorm()].")
-    items = tuple(items)
-    for item in items:
-        if not isinstance(item, Canonizer):
-            raise TypeError(f"{owner}(canonizers=...): expected Canonizer instances, got "
-                            f"{type(item).__name__}. Pass e.g. "
-                            f"canonizers=[SequentialMergeBatchNorm()].")
-    return items
-
-
 def _key_name(kinds: Any) -> str:
     """``torch.nn.Linear``, ``funcattr.types.Convolution``, ``(a, b)`` for a table row."""
     if isinstance(kinds, tuple):
@@ -183,7 +166,7 @@ class Composite:
                             f"(ctx, name, module) -> Rule | None, got "
                             f"{type(module_map).__name__}. Pass a function, or use "
                             f"LayerMapComposite / NameMapComposite for tables.")
-        self._store(mapping=module_map, canonizers=_canonizers(canonizers, owner))
+        self._store(mapping=module_map, canonizers=as_canonizers(canonizers, owner))
         self._record(module_map=module_map, canonizers=canonizers)
 
     def _store(self, **fields: Any) -> None:
@@ -340,7 +323,7 @@ class MixedComposite(Composite):
                 raise TypeError(f"{owner}(composites=...): expected Composite instances, got "
                                 f"{type(composite).__name__}. Pass e.g. "
                                 f"MixedComposite([NameMapComposite(...), EpsilonPlus()]).")
-        merged = _canonizers(canonizers, owner) + tuple(
+        merged = as_canonizers(canonizers, owner) + tuple(
             c for composite in composites for c in composite.canonizers
         )
         super().__init__(canonizers=merged)
@@ -516,12 +499,26 @@ def layer_map_base(stabilizer: Any = 1e-6) -> list[tuple[Any, Rule]]:
     ]
 
 
+def _user(entries: Any) -> tuple:
+    """A user's map entries as a tuple, to put before a preset's (the base class checks them)."""
+    if entries is None:
+        return ()
+    return tuple(entries) if isinstance(entries, Iterable) and not isinstance(
+        entries, str) else (entries,)
+
+
 def _epsilon_layer_map(rule: Rule, epsilon, stabilizer, layer_map, zero_params) -> tuple:
     """The user's layer_map, :func:`layer_map_base`, ``rule`` on convolutions, Epsilon dense."""
-    return tuple(layer_map or ()) + tuple(layer_map_base(stabilizer)) + (
+    return _user(layer_map) + tuple(layer_map_base(stabilizer)) + (
         (types.Convolution, rule),
         (nn.Linear, Epsilon(epsilon=epsilon, zero_params=zero_params)),
     )
+
+
+def _record_preset(composite: Composite, arguments: dict, **optional: Any) -> None:
+    """A preset's ``repr``: its own arguments always, ``layer_map`` etc. when given."""
+    shown = [*arguments.items(), *((k, v) for k, v in optional.items() if v)]
+    composite._store(arguments=tuple(shown))
 
 
 @register_composite("epsilon_gamma_box")
@@ -542,25 +539,14 @@ class EpsilonGammaBox(SpecialFirstLayerMapComposite):
 
     def __init__(self, low, high, epsilon=1e-6, gamma=0.25, stabilizer=1e-6, layer_map=None,
                  first_map=None, zero_params=None, canonizers=None):
-        kw = dict(zero_params=zero_params)
-        super().__init__(
-            layer_map=_epsilon_layer_map(
-                Gamma(gamma=gamma, stabilizer=stabilizer, **kw), epsilon, stabilizer,
-                _layer_map(layer_map, "EpsilonGammaBox", "layer_map"), zero_params),
-            first_map=_layer_map(first_map, "EpsilonGammaBox", "first_map") + (
-                (types.Convolution, ZBox(low=low, high=high, stabilizer=stabilizer, **kw)),
-            ),
-            canonizers=canonizers,
-        )
+        gamma_rule = Gamma(gamma=gamma, stabilizer=stabilizer, zero_params=zero_params)
+        box = ZBox(low=low, high=high, stabilizer=stabilizer, zero_params=zero_params)
+        super().__init__(_epsilon_layer_map(gamma_rule, epsilon, stabilizer, layer_map,
+                                            zero_params),
+                         _user(first_map) + ((types.Convolution, box),), canonizers)
         _record_preset(self, dict(low=low, high=high, epsilon=epsilon, gamma=gamma,
                                   stabilizer=stabilizer, zero_params=zero_params),
                        layer_map=layer_map, first_map=first_map, canonizers=canonizers)
-
-
-def _record_preset(composite: Composite, arguments: dict, **optional: Any) -> None:
-    """A preset's ``repr``: its own arguments always, ``layer_map`` etc. when given."""
-    shown = [*arguments.items(), *((k, v) for k, v in optional.items() if v)]
-    composite._store(arguments=tuple(shown))
 
 
 @register_composite("epsilon_plus")
@@ -579,12 +565,11 @@ class EpsilonPlus(LayerMapComposite):
     def __init__(self, epsilon=1e-6, stabilizer=1e-6, layer_map=None, zero_params=None,
                  canonizers=None):
         rule = ZPlus(stabilizer=stabilizer, zero_params=zero_params)
-        super().__init__(_epsilon_layer_map(
-            rule, epsilon, stabilizer, _layer_map(layer_map, "EpsilonPlus", "layer_map"),
-            zero_params), canonizers=canonizers)
+        super().__init__(_epsilon_layer_map(rule, epsilon, stabilizer, layer_map, zero_params),
+                         canonizers)
         _record_preset(self, dict(epsilon=epsilon, stabilizer=stabilizer,
-                                  zero_params=zero_params),
-                       layer_map=layer_map, canonizers=canonizers)
+                                  zero_params=zero_params), layer_map=layer_map,
+                       canonizers=canonizers)
 
 
 @register_composite("epsilon_alpha2_beta1")
@@ -603,12 +588,11 @@ class EpsilonAlpha2Beta1(LayerMapComposite):
     def __init__(self, epsilon=1e-6, stabilizer=1e-6, layer_map=None, zero_params=None,
                  canonizers=None):
         rule = AlphaBeta(alpha=2.0, beta=1.0, stabilizer=stabilizer, zero_params=zero_params)
-        super().__init__(_epsilon_layer_map(
-            rule, epsilon, stabilizer, _layer_map(layer_map, "EpsilonAlpha2Beta1", "layer_map"),
-            zero_params), canonizers=canonizers)
+        super().__init__(_epsilon_layer_map(rule, epsilon, stabilizer, layer_map, zero_params),
+                         canonizers)
         _record_preset(self, dict(epsilon=epsilon, stabilizer=stabilizer,
-                                  zero_params=zero_params),
-                       layer_map=layer_map, canonizers=canonizers)
+                                  zero_params=zero_params), layer_map=layer_map,
+                       canonizers=canonizers)
 
 
 @register_composite("epsilon_plus_flat")
@@ -628,17 +612,12 @@ class EpsilonPlusFlat(SpecialFirstLayerMapComposite):
     def __init__(self, epsilon=1e-6, stabilizer=1e-6, layer_map=None, first_map=None,
                  zero_params=None, canonizers=None):
         rule = ZPlus(stabilizer=stabilizer, zero_params=zero_params)
-        super().__init__(
-            _epsilon_layer_map(rule, epsilon, stabilizer,
-                               _layer_map(layer_map, "EpsilonPlusFlat", "layer_map"), zero_params),
-            _layer_map(first_map, "EpsilonPlusFlat", "first_map") + (
-                (types.Linear, Flat(stabilizer=stabilizer, zero_params=zero_params)),
-            ),
-            canonizers=canonizers,
-        )
+        flat = Flat(stabilizer=stabilizer, zero_params=zero_params)
+        super().__init__(_epsilon_layer_map(rule, epsilon, stabilizer, layer_map, zero_params),
+                         _user(first_map) + ((types.Linear, flat),), canonizers)
         _record_preset(self, dict(epsilon=epsilon, stabilizer=stabilizer,
-                                  zero_params=zero_params),
-                       layer_map=layer_map, first_map=first_map, canonizers=canonizers)
+                                  zero_params=zero_params), layer_map=layer_map,
+                       first_map=first_map, canonizers=canonizers)
 
 
 @register_composite("epsilon_alpha2_beta1_flat")
@@ -658,18 +637,12 @@ class EpsilonAlpha2Beta1Flat(SpecialFirstLayerMapComposite):
     def __init__(self, epsilon=1e-6, stabilizer=1e-6, layer_map=None, first_map=None,
                  zero_params=None, canonizers=None):
         rule = AlphaBeta(alpha=2.0, beta=1.0, stabilizer=stabilizer, zero_params=zero_params)
-        owner = "EpsilonAlpha2Beta1Flat"
-        super().__init__(
-            _epsilon_layer_map(rule, epsilon, stabilizer,
-                               _layer_map(layer_map, owner, "layer_map"), zero_params),
-            _layer_map(first_map, owner, "first_map") + (
-                (types.Linear, Flat(stabilizer=stabilizer, zero_params=zero_params)),
-            ),
-            canonizers=canonizers,
-        )
+        flat = Flat(stabilizer=stabilizer, zero_params=zero_params)
+        super().__init__(_epsilon_layer_map(rule, epsilon, stabilizer, layer_map, zero_params),
+                         _user(first_map) + ((types.Linear, flat),), canonizers)
         _record_preset(self, dict(epsilon=epsilon, stabilizer=stabilizer,
-                                  zero_params=zero_params),
-                       layer_map=layer_map, first_map=first_map, canonizers=canonizers)
+                                  zero_params=zero_params), layer_map=layer_map,
+                       first_map=first_map, canonizers=canonizers)
 
 
 @register_composite("deconvnet")
@@ -681,8 +654,7 @@ class DeconvNet(LayerMapComposite):
     """
 
     def __init__(self, layer_map=None, canonizers=None):
-        super().__init__(_layer_map(layer_map, "DeconvNet", "layer_map")
-                         + ((nn.ReLU, ReLUDeconvNet()),), canonizers)
+        super().__init__(_user(layer_map) + ((nn.ReLU, ReLUDeconvNet()),), canonizers)
         _record_preset(self, {}, layer_map=layer_map, canonizers=canonizers)
 
 
@@ -695,8 +667,7 @@ class GuidedBackprop(LayerMapComposite):
     """
 
     def __init__(self, layer_map=None, canonizers=None):
-        super().__init__(_layer_map(layer_map, "GuidedBackprop", "layer_map")
-                         + ((nn.ReLU, ReLUGuidedBackprop()),), canonizers)
+        super().__init__(_user(layer_map) + ((nn.ReLU, ReLUGuidedBackprop()),), canonizers)
         _record_preset(self, {}, layer_map=layer_map, canonizers=canonizers)
 
 
@@ -711,14 +682,11 @@ class ExcitationBackprop(LayerMapComposite):
     """
 
     def __init__(self, stabilizer=1e-6, layer_map=None, zero_params=None, canonizers=None):
-        super().__init__(
-            _layer_map(layer_map, "ExcitationBackprop", "layer_map") + (
-                (Sum, Norm(stabilizer)),
-                (types.AvgPool, Norm(stabilizer)),
-                (types.Linear, ZPlus(stabilizer=stabilizer, zero_params=zero_params)),
-            ),
-            canonizers,
-        )
+        super().__init__(_user(layer_map) + (
+            (Sum, Norm(stabilizer)),
+            (types.AvgPool, Norm(stabilizer)),
+            (types.Linear, ZPlus(stabilizer=stabilizer, zero_params=zero_params)),
+        ), canonizers)
         _record_preset(self, dict(stabilizer=stabilizer, zero_params=zero_params),
                        layer_map=layer_map, canonizers=canonizers)
 
@@ -734,10 +702,7 @@ class BetaSmooth(LayerMapComposite):
     """
 
     def __init__(self, beta_smooth=10.0, layer_map=None, zero_params=None, canonizers=None):
-        super().__init__(
-            _layer_map(layer_map, "BetaSmooth", "layer_map")
-            + ((nn.ReLU, ReLUBetaSmooth(beta_smooth=beta_smooth)),),
-            canonizers,
-        )
+        rule = ReLUBetaSmooth(beta_smooth=beta_smooth)
+        super().__init__(_user(layer_map) + ((nn.ReLU, rule),), canonizers)
         _record_preset(self, dict(beta_smooth=beta_smooth), layer_map=layer_map,
                        canonizers=canonizers)

@@ -28,6 +28,7 @@ from funcattr.canonizers.base import (
     Canonizer,
     CompositeCanonizer,
     ParamTransform,
+    as_canonizers,
     identity_transform,
 )
 from funcattr.canonizers.batchnorm import (
@@ -59,6 +60,7 @@ __all__ = [
     "SequentialMergeBatchNorm",
     "TracedMergeBatchNorm",
     "ViewBuilder",
+    "as_canonizers",
     "canonizers_for",
     "find_canonizer",
     "get_canonizer",

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor, nn
 
-__all__ = ["Canonizer", "CompositeCanonizer", "ParamTransform", "identity_transform"]
+__all__ = [
+    "Canonizer",
+    "CompositeCanonizer",
+    "ParamTransform",
+    "as_canonizers",
+    "identity_transform",
+]
 
 ParamTransform = Callable[[Mapping[str, Tensor]], dict[str, Tensor]]
 
@@ -84,3 +91,27 @@ class CompositeCanonizer(Canonizer):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({list(self.canonizers)!r})"
+
+
+def as_canonizers(value: Any, owner: str) -> tuple[Canonizer, ...]:
+    """A ``canonizers=`` argument (``None``, a canonizer or a sequence) as a tuple.
+
+    Raises
+    ------
+    TypeError
+        Naming ``owner`` (e.g. ``'EpsilonPlus'``) if ``value`` or an item is not a canonizer.
+    """
+    if value is None:
+        return ()
+    items = (value,) if isinstance(value, Canonizer) else value
+    if not isinstance(items, Iterable) or isinstance(items, str | bytes):
+        raise TypeError(f"{owner}(canonizers={value!r}): expected a Canonizer or a list of "
+                        f"Canonizers, got {type(value).__name__}. Pass e.g. "
+                        f"canonizers=[SequentialMergeBatchNorm()].")
+    items = tuple(items)
+    for item in items:
+        if not isinstance(item, Canonizer):
+            raise TypeError(f"{owner}(canonizers=...): expected Canonizer instances, got "
+                            f"{type(item).__name__}. Pass e.g. "
+                            f"canonizers=[SequentialMergeBatchNorm()].")
+    return items

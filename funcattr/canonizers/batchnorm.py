@@ -222,10 +222,16 @@ class SequentialMergeBatchNorm(MergeBatchNorm):
     @classmethod
     def fits(cls, model: nn.Module) -> bool:
         """Whether ``model`` has batch norms after linear layers in registration order, all
-        mergeable (the channel counts agree)."""
+        mergeable, and (where the model traces) they are the pairs of the real data flow."""
         pairs = cls().pairs(model)
         modules = dict(model.named_modules(remove_duplicate=False))
-        return bool(pairs) and not _pair_problems(modules, pairs)
+        if not pairs or _pair_problems(modules, pairs):
+            return False
+        try:
+            traced = TracedMergeBatchNorm(following=False).pairs(model)
+        except ValueError:
+            return True  # not traceable: the registration order is all there is
+        return sorted(traced) == sorted(pairs)
 
     def pairs(self, model: nn.Module) -> list[tuple[tuple[str, ...], str]]:
         found = []
