@@ -173,6 +173,19 @@ class Shuffled(nn.Module):
         return self.head(x.mean(dim=(2, 3)))
 
 
+class DenseLike(nn.Module):
+    """A convolution registered before a batch norm of concatenated features (DenseNet-like):
+    registration order pairs them, the data flow does not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 1)
+        self.norm = nn.BatchNorm2d(5)
+
+    def forward(self, x):
+        return self.norm(torch.cat([x, self.conv(x)], 1))
+
+
 def input_for(model: nn.Module, seed: int = 1) -> Tensor:
     generator = torch.Generator().manual_seed(seed)
     first = next(m for m in model.modules() if isinstance(m, types.Linear))
@@ -817,15 +830,6 @@ def test_canonizers_for_generic_models(model, expected):
 
 
 def test_canonizers_for_a_model_with_mismatched_registration_order():
-    class DenseLike(nn.Module):  # conv registered before a norm of concatenated features
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = nn.Conv2d(3, 2, 1)
-            self.norm = nn.BatchNorm2d(5)
-
-        def forward(self, x):
-            return self.norm(torch.cat([x, self.conv(x)], 1))
-
     assert canonizers_for(DenseLike().eval()) == []
 
 
@@ -904,11 +908,19 @@ def test_register_canonizer():
     (lambda: register_canonizer("test_not_a_canonizer")(int), TypeError,
      r"^register_canonizer\(name='test_not_a_canonizer'\): expected a Canonizer subclass, got "
      r"<class 'int'>\. Decorate a subclass of funcattr\.canonizers\.Canonizer\.$"),
+    (lambda: AttributeCanonizer(3), TypeError,
+     r"^AttributeCanonizer\(attribute_map=3\): expected a callable \(name, module\) -> dict \| "
+     r"None, got int\. Pass e\.g\. AttributeCanonizer\(lambda name, module: "),
+    (lambda: AttributeCanonizer(lambda name, module: 1).apply(nn.Linear(2, 2)), TypeError,
+     r"^AttributeCanonizer\(attribute_map=\.\.\.\): expected a dict or None from "
+     r"attribute_map\('', Linear\), got int\. Return the attributes to set on the view's copy "
+     r"of the module as a dict, or None to leave it alone\.$"),
     (lambda: CompositeCanonizer([1]), TypeError,
      r"^CompositeCanonizer\(canonizers=\.\.\.\): expected Canonizer instances, got int\. Pass "
-     r"funcattr canonizers, e\.g\. CompositeCanonizer\(\[SequentialMergeBatchNorm\(\)\]\)\.$"),
+     r"e\.g\. canonizers=\[SequentialMergeBatchNorm\(\)\]\.$"),
 ], ids=["unknown_close", "unknown", "name_kind", "missing_argument", "model_kind",
-        "register_empty", "register_class", "composite_item"])
+        "register_empty", "register_class", "attribute_map_kind", "attribute_map_result",
+        "composite_item"])
 def test_registry_errors(call, error, match):
     with pytest.raises(error, match=match):
         call()
@@ -977,15 +989,6 @@ def test_error_no_running_statistics_following_merge():
 
 
 def test_error_registration_order_pairs_mismatched_channels():
-    class DenseLike(nn.Module):  # conv registered before a norm of concatenated features
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = nn.Conv2d(3, 2, 1)
-            self.norm = nn.BatchNorm2d(5)
-
-        def forward(self, x):
-            return self.norm(torch.cat([x, self.conv(x)], 1))
-
     model = DenseLike().eval()
     with pytest.raises(ValueError, match=r"'conv' \(Conv2d\) has 2 output channels but 'norm' "
                                          r"normalises 5.*use TracedMergeBatchNorm\(\)"):

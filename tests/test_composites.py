@@ -486,9 +486,10 @@ def test_preset_docstring_tables_are_current() -> None:
     """Each preset's docstring shows its rule table as a doctest; run them all."""
     import doctest
 
-    import funcattr.composites
+    import funcattr.composites.presets
 
-    result = doctest.testmod(funcattr.composites, optionflags=doctest.NORMALIZE_WHITESPACE)
+    result = doctest.testmod(funcattr.composites.presets,
+                             optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0
     assert result.attempted >= len(NAMES)
     for name in NAMES:
@@ -554,3 +555,15 @@ def test_constructor_errors(make, error: type, match: str) -> None:
     with pytest.raises(error, match=match):
         make()
     assert "not_a_composite" not in COMPOSITES
+
+
+def test_resolution_and_registry_errors_say_the_fix() -> None:
+    with pytest.raises(TypeError, match=r"^assign_rules\(composite=LayerMapComposite\): the map "
+                       r"gave 'epsilon' for module '0'; expected a funcattr Rule \(e\.g\. "
+                       r"Epsilon\(\)\)\. Map modules to rules from funcattr\.rules \(Zennit's "
+                       r"rule objects do not work here\)\.$"):
+        assign_rules(small_mlp(), LayerMapComposite([(nn.Linear, "epsilon")]))
+    with pytest.raises(ValueError, match=r"^get_composite\(name='epsilon_pluss'\): unknown "
+                       r"composite; expected a registered name, got 'epsilon_pluss'\. Use one of "
+                       r"beta_smooth, .*\. Did you mean 'epsilon_plus'.*\?$"):
+        get_composite("epsilon_pluss")

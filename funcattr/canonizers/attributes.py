@@ -46,7 +46,8 @@ class AttributeCanonizer(Canonizer):
         if not callable(self.attribute_map):
             raise TypeError(
                 f"{type(self).__name__}(attribute_map={self.attribute_map!r}): expected a "
-                f"callable (name, module) -> dict | None. Pass e.g. "
+                f"callable (name, module) -> dict | None, got "
+                f"{type(self.attribute_map).__name__}. Pass e.g. "
                 f"AttributeCanonizer(lambda name, module: {{'inplace': False}} "
                 f"if isinstance(module, torch.nn.ReLU) else None)."
             )
@@ -61,7 +62,8 @@ class AttributeCanonizer(Canonizer):
                 raise TypeError(
                     f"{type(self).__name__}(attribute_map=...): expected a dict or None from "
                     f"attribute_map({name!r}, {type(module).__name__}), got "
-                    f"{type(attributes).__name__}."
+                    f"{type(attributes).__name__}. Return the attributes to set on the view's "
+                    f"copy of the module as a dict, or None to leave it alone."
                 )
             target = builder.edit(module)
             for key, value in attributes.items():

@@ -64,15 +64,7 @@ class CompositeCanonizer(Canonizer):
     canonizers: tuple[Canonizer, ...]
 
     def __init__(self, canonizers: Sequence[Canonizer]) -> None:
-        canonizers = tuple(canonizers)
-        for canonizer in canonizers:
-            if not isinstance(canonizer, Canonizer):
-                raise TypeError(
-                    f"CompositeCanonizer(canonizers=...): expected Canonizer instances, got "
-                    f"{type(canonizer).__name__}. Pass funcattr canonizers, e.g. "
-                    f"CompositeCanonizer([SequentialMergeBatchNorm()])."
-                )
-        object.__setattr__(self, "canonizers", canonizers)
+        object.__setattr__(self, "canonizers", as_canonizers(canonizers, "CompositeCanonizer"))
 
     def apply(self, model):
         if not self.canonizers:
