@@ -28,16 +28,15 @@ from torchvision.models.densenet import DenseNet, _DenseLayer
 from torchvision.models.mobilenetv2 import InvertedResidual as InvertedResidualV2
 from torchvision.models.mobilenetv2 import MobileNetV2
 from torchvision.models.mobilenetv3 import InvertedResidual as InvertedResidualV3
+from torchvision.models.mobilenetv3 import MobileNetV3
 from torchvision.models.resnet import BasicBlock, Bottleneck
+from torchvision.models.vgg import VGG
 from torchvision.ops.misc import SqueezeExcitation
 
-from funcattr.canonizers import (
-    AttributeCanonizer,
-    AttributeMap,
-    CompositeCanonizer,
-    MergeBatchNorm,
-    SequentialMergeBatchNorm,
-)
+# the submodules, not the package face: funcattr.canonizers.registry loads this module lazily
+from funcattr.canonizers.attributes import AttributeCanonizer, AttributeMap
+from funcattr.canonizers.base import CompositeCanonizer
+from funcattr.canonizers.batchnorm import MergeBatchNorm, SequentialMergeBatchNorm
 from funcattr.layer import GatedSum, Sum
 
 __all__ = [
@@ -54,6 +53,11 @@ __all__ = [
 ]
 
 
+def _contains(model: nn.Module, *kinds: type) -> bool:
+    """Whether any module of ``model`` (the root included) is one of ``kinds``."""
+    return any(isinstance(module, kinds) for module in model.modules())
+
+
 # --------------------------------------------------------------------------------------------
 # VGG and ResNet (Zennit's)
 # --------------------------------------------------------------------------------------------
@@ -67,6 +71,11 @@ class VGGCanonizer(SequentialMergeBatchNorm):
     >>> VGGCanonizer()
     VGGCanonizer()
     """
+
+    @classmethod
+    def fits(cls, model: nn.Module) -> bool:
+        """Whether ``model`` contains a torchvision VGG."""
+        return _contains(model, VGG)
 
 
 def _residual(module: nn.Module, identity: Tensor, out: Tensor) -> Tensor:
@@ -118,6 +127,11 @@ class ResNetBottleneckCanonizer(AttributeCanonizer):
     attribute_map: AttributeMap = field(
         default_factory=lambda: _bottleneck_attributes, init=False, repr=False)
 
+    @classmethod
+    def fits(cls, model: nn.Module) -> bool:
+        """Whether ``model`` contains a ResNet ``Bottleneck``."""
+        return _contains(model, Bottleneck)
+
 
 @dataclass(frozen=True)
 class ResNetBasicBlockCanonizer(AttributeCanonizer):
@@ -131,6 +145,11 @@ class ResNetBasicBlockCanonizer(AttributeCanonizer):
 
     attribute_map: AttributeMap = field(
         default_factory=lambda: _basic_block_attributes, init=False, repr=False)
+
+    @classmethod
+    def fits(cls, model: nn.Module) -> bool:
+        """Whether ``model`` contains a ResNet ``BasicBlock``."""
+        return _contains(model, BasicBlock)
 
 
 class ResNetCanonizer(CompositeCanonizer):
@@ -149,6 +168,11 @@ class ResNetCanonizer(CompositeCanonizer):
         super().__init__((SequentialMergeBatchNorm(), ResNetBottleneckCanonizer(),
                           ResNetBasicBlockCanonizer()))
 
+    @classmethod
+    def fits(cls, model: nn.Module) -> bool:
+        """Whether ``model`` contains ResNet blocks (ResNet, ResNeXt, Wide ResNet)."""
+        return _contains(model, Bottleneck, BasicBlock)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -165,6 +189,11 @@ class DenseNetMergeBatchNorm(MergeBatchNorm):
     ``norm0``), not by registration order, which would merge a dense layer's ``conv2`` into the
     next layer's ``norm1`` (a norm of the *concatenated* features).
     """
+
+    @classmethod
+    def fits(cls, model: nn.Module) -> bool:
+        """Whether ``model`` contains a torchvision DenseNet."""
+        return _contains(model, DenseNet)
 
     def pairs(self, model: nn.Module) -> list[tuple[tuple[str, ...], str]]:
         found = []
@@ -218,6 +247,11 @@ class DenseNetCanonizer(CompositeCanonizer):
 
     def __init__(self) -> None:
         super().__init__((DenseNetMergeBatchNorm(), _DenseNetModules()))
+
+    @classmethod
+    def fits(cls, model: nn.Module) -> bool:
+        """Whether ``model`` contains a torchvision DenseNet."""
+        return _contains(model, DenseNet)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -298,6 +332,11 @@ class SqueezeExcitationCanonizer(AttributeCanonizer):
     attribute_map: AttributeMap = field(
         default_factory=lambda: _squeeze_excitation_attributes, init=False, repr=False)
 
+    @classmethod
+    def fits(cls, model: nn.Module) -> bool:
+        """Whether ``model`` contains torchvision's ``SqueezeExcitation``."""
+        return _contains(model, SqueezeExcitation)
+
 
 class MobileNetV2Canonizer(CompositeCanonizer):
     """Canonizer for torchvision MobileNetV2.
@@ -314,6 +353,11 @@ class MobileNetV2Canonizer(CompositeCanonizer):
 
     def __init__(self) -> None:
         super().__init__((SequentialMergeBatchNorm(), _MobileNetV2Modules(), _MobileNetV2Root()))
+
+    @classmethod
+    def fits(cls, model: nn.Module) -> bool:
+        """Whether ``model`` contains a torchvision MobileNetV2."""
+        return _contains(model, MobileNetV2)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -335,6 +379,11 @@ class MobileNetV3Canonizer(CompositeCanonizer):
     def __init__(self) -> None:
         super().__init__((SequentialMergeBatchNorm(), _MobileNetV3Modules(),
                           SqueezeExcitationCanonizer()))
+
+    @classmethod
+    def fits(cls, model: nn.Module) -> bool:
+        """Whether ``model`` contains a torchvision MobileNetV3 (small or large)."""
+        return _contains(model, MobileNetV3)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

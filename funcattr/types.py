@@ -1,13 +1,17 @@
 """Layer-type groups for ``isinstance`` checks in composites.
 
 Each group is a class whose ``isinstance``/``issubclass`` test accepts any of its member
-types; groups may contain other groups. Membership follows Zennit 1.0.0.
+types; groups may contain other groups. Membership follows Zennit 1.0.0. A member from a
+package that is costly to import (torchvision's ``FrozenBatchNorm2d``) is named by module
+and class and tested once that module is imported: an instance of the class cannot exist
+before, and ``import funcattr`` does not import torchvision.
 """
 
 from __future__ import annotations
 
+import sys
+
 from torch import nn
-from torchvision.ops import FrozenBatchNorm2d
 
 __all__ = [
     "Activation",
@@ -26,6 +30,8 @@ class LayerGroup(type):
     """Metaclass of layer groups: ``isinstance(module, Group)`` tests the group's members."""
 
     members: tuple[type, ...]
+    #: members named ``(module, class name)``, tested once their module is imported
+    imported_members: tuple[tuple[str, str], ...]
 
     def __instancecheck__(cls, instance: object) -> bool:
         return cls.__subclasscheck__(type(instance))
@@ -33,7 +39,13 @@ class LayerGroup(type):
     def __subclasscheck__(cls, subclass: type) -> bool:
         if type.__subclasscheck__(cls, subclass):
             return True
-        return any(issubclass(subclass, member) for member in cls.__dict__.get("members", ()))
+        if any(issubclass(subclass, member) for member in cls.__dict__.get("members", ())):
+            return True
+        for module, name in cls.__dict__.get("imported_members", ()):
+            member = getattr(sys.modules.get(module), name, None)
+            if isinstance(member, type) and issubclass(subclass, member):
+                return True
+        return False
 
     def __repr__(cls) -> str:
         return f"funcattr.types.{cls.__name__}"
@@ -66,7 +78,8 @@ class Linear(metaclass=LayerGroup):
 class BatchNorm(metaclass=LayerGroup):
     """Batch normalisation layers, including torchvision's ``FrozenBatchNorm2d``."""
 
-    members = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, FrozenBatchNorm2d)
+    members = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+    imported_members = (("torchvision.ops.misc", "FrozenBatchNorm2d"),)
 
 
 class AvgPool(metaclass=LayerGroup):

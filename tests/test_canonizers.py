@@ -12,6 +12,8 @@ canonizers leave merged parameters behind in ``named_parameters()``).
 from __future__ import annotations
 
 import copy
+import dataclasses
+import inspect
 import threading
 from typing import Any
 
@@ -29,6 +31,7 @@ import funcattr
 from funcattr import composites as fc
 from funcattr import types
 from funcattr.canonizers import (
+    CANONIZERS,
     AttributeCanonizer,
     Canonizer,
     CompositeCanonizer,
@@ -37,7 +40,10 @@ from funcattr.canonizers import (
     SequentialMergeBatchNorm,
     TracedMergeBatchNorm,
     ViewBuilder,
+    canonizers_for,
+    get_canonizer,
     identity_transform,
+    register_canonizer,
 )
 from funcattr.functional import model_params
 from funcattr.layer import Sum
@@ -165,6 +171,19 @@ class Shuffled(nn.Module):
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.relu(self.bn2(self.conv2(x)))
         return self.head(x.mean(dim=(2, 3)))
+
+
+class DenseLike(nn.Module):
+    """A convolution registered before a batch norm of concatenated features (DenseNet-like):
+    registration order pairs them, the data flow does not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 1)
+        self.norm = nn.BatchNorm2d(5)
+
+    def forward(self, x):
+        return self.norm(torch.cat([x, self.conv(x)], 1))
 
 
 def input_for(model: nn.Module, seed: int = 1) -> Tensor:
@@ -582,6 +601,66 @@ def test_threads_share_one_functionalized_canonized_model():
         assert torch.equal(result, reference)
 
 
+class _Probe(nn.Module):
+    """While it is traced, runs another model's plain forward: what another thread would see
+    at that moment (``torch.fx.symbolic_trace`` patches ``torch.nn.Module.__call__`` for the
+    whole process, and the other model's calls then fail with NameError)."""
+
+    def __init__(self, other: nn.Module, x: Tensor, seen: list) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.__dict__["probe"] = (other, x, seen)  # not a child: not part of the traced tree
+
+    def forward(self, x: Tensor) -> Tensor:
+        other, sample, seen = self.__dict__["probe"]
+        seen.append((torch.nn.Module.__call__, torch.nn.Module.__getattr__, other(sample)))
+        return self.bn(self.conv(x))
+
+
+def test_traced_merge_changes_no_global_state_while_tracing():
+    call, getattr_ = torch.nn.Module.__call__, torch.nn.Module.__getattr__
+    other, x = conv_bn_net(), torch.randn(2, 3, 8, 8)
+    expected = other(x)
+    seen: list = []
+    model = _Probe(other, x, seen).eval()
+    assert TracedMergeBatchNorm().pairs(model) == [(("conv",), "bn")]
+    assert len(seen) == 1
+    (during_call, during_getattr, output), = seen
+    assert during_call is call and during_getattr is getattr_
+    assert torch.equal(output, expected)
+
+
+def test_traced_merge_while_another_thread_runs_a_model():
+    """Issue 14, item 18: tracing in one thread while another thread runs plain forwards."""
+    other, x = conv_bn_net(), torch.randn(2, 3, 8, 8)
+    expected = other(x)
+    traced = conv_bn_net(seed=1)
+    errors: list[BaseException] = []
+    mismatches = []
+    done = threading.Event()
+
+    def run_other() -> None:
+        try:
+            while not done.is_set():
+                if not torch.equal(other(x), expected):
+                    mismatches.append(True)
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    thread = threading.Thread(target=run_other)
+    thread.start()
+    try:
+        for _ in range(30):
+            view, transform = TracedMergeBatchNorm().apply(traced)
+    finally:
+        done.set()
+        thread.join()
+    assert errors == [] and mismatches == []
+    assert_close(torch.func.functional_call(view, transform(model_params(traced)), (x,)),
+                 traced(x))
+
+
 def test_vmap_over_inputs_equals_loop():
     model = conv_bn_net()
     fn, params = funcattr.functionalize(model, None, TracedMergeBatchNorm())
@@ -706,6 +785,149 @@ def test_model_untouched_when_a_canonizer_fails_midway():
 
 
 # --------------------------------------------------------------------------------------------
+# The registry: names, arguments, which canonizer fits which model
+# --------------------------------------------------------------------------------------------
+
+def test_every_registered_name_reads_as_its_class_name():
+    for name, spec in CANONIZERS.items():
+        cls = spec.load()
+        assert issubclass(cls, Canonizer) and not inspect.isabstract(cls), name
+        assert type(get_canonizer(cls.__name__, **_arguments(spec))) is cls, name
+        assert type(get_canonizer(name, **_arguments(spec))) is cls, name
+        assert spec.summary() and spec.summary() in inspect.getdoc(cls).replace("\n", " ")
+
+
+def _arguments(spec) -> dict:
+    return {"name_map": [(["0"], "1")]} if spec.arguments() else {}
+
+
+def test_registered_arguments_are_the_constructors():
+    assert CANONIZERS["named_merge_batch_norm"].arguments() == ("name_map",)
+    assert CANONIZERS["traced_merge_batch_norm"].arguments() == ()
+    assert get_canonizer("named_merge_batch_norm", name_map=[(["0"], "1")]) == (
+        NamedMergeBatchNorm([(["0"], "1")]))
+    assert get_canonizer("traced_merge_batch_norm", following=False) == TracedMergeBatchNorm(
+        following=False)
+
+
+@pytest.mark.parametrize(("model", "expected"), [
+    (conv_bn_net, [SequentialMergeBatchNorm()]),
+    (Shuffled, [TracedMergeBatchNorm()]),  # registration order misses conv1 -> bn1
+    (lambda: nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), []),
+    (lambda: nn.Sequential(nn.BatchNorm1d(3), nn.ReLU(), nn.Linear(3, 2)), []),
+], ids=["conv_bn", "shuffled", "no_batch_norm", "batch_norm_before_relu"])
+def test_canonizers_for_generic_models(model, expected):
+    model = model().eval()
+    before = snapshot(model)
+    chosen = canonizers_for(model)
+    assert chosen == expected
+    assert_unchanged(model, before)
+    if chosen:
+        x = input_for(model)
+        assert_close(view_output(chosen[0], model, x), model(x))
+        view, _ = chosen[0].apply(model)
+        assert not any(isinstance(m, types.BatchNorm) for m in view.modules())
+
+
+def test_canonizers_for_a_model_with_mismatched_registration_order():
+    assert canonizers_for(DenseLike().eval()) == []
+
+
+def test_canonizers_for_untraceable_model_uses_registration_order():
+    class DataDependent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 1, 1)
+            self.bn = nn.BatchNorm2d(1)
+
+        def forward(self, x):
+            return self.bn(self.conv(x)) if x.sum() > 0 else x
+
+    assert canonizers_for(DataDependent().eval()) == [SequentialMergeBatchNorm()]
+
+
+def test_canonizers_for_plain_models_does_not_import_torchvision():
+    import subprocess
+    import sys
+
+    code = ("import sys, torch, funcattr\n"
+            "from funcattr.canonizers import canonizers_for\n"
+            "model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))\n"
+            "print(canonizers_for(model), 'torchvision' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "[SequentialMergeBatchNorm()] False"
+
+
+def test_register_canonizer():
+    @register_canonizer("test_relu_copy", auto=True)
+    @dataclasses.dataclass(frozen=True)
+    class ReLUCopy(AttributeCanonizer):
+        """Copies every ReLU (a canonizer that fits models with ReLUs)."""
+
+        attribute_map: Any = lambda name, module: (
+            {"inplace": False} if isinstance(module, nn.ReLU) else None)
+
+        @classmethod
+        def fits(cls, model):
+            return any(isinstance(m, nn.ReLU) for m in model.modules())
+
+    try:
+        assert get_canonizer("test_relu_copy") == ReLUCopy()
+        assert get_canonizer("TestReLUCopy") == ReLUCopy()  # read like the class name
+        assert canonizers_for(nn.Sequential(nn.Linear(2, 2), nn.ReLU())) == [ReLUCopy()]
+        assert canonizers_for(conv_bn_net()) == [ReLUCopy()]  # before the fallbacks
+        with pytest.raises(ValueError, match=r"^register_canonizer\(name='Test_ReLU_Copy'\): "
+                           r"expected a new name, got one that reads as the registered "
+                           r"'test_relu_copy'\. Choose another name\.$"):
+            register_canonizer("Test_ReLU_Copy")(ReLUCopy)
+    finally:
+        del CANONIZERS["test_relu_copy"]
+
+
+@pytest.mark.parametrize(("call", "error", "match"), [
+    (lambda: get_canonizer("vgggg"), ValueError,
+     r"^get_canonizer\(name='vgggg'\): expected a registered canonizer name, got an unknown "
+     r"one\. Use one of vgg, resnet, .*; did you mean 'vgg'\?$"),
+    (lambda: get_canonizer("nothing_like_it"), ValueError,
+     r"expected a registered canonizer name, got an unknown one\. Use one of .*named_merge_"
+     r"batch_norm\.$"),
+    (lambda: get_canonizer(3), TypeError,
+     r"^get_canonizer\(name=3\): expected a canonizer name \(str\), got int\. Pass e\.g\. "
+     r"'resnet'\.$"),
+    (lambda: get_canonizer("named_merge_batch_norm"), TypeError,
+     r"^get_canonizer\(name='named_merge_batch_norm'\): expected the argument\(s\) name_map, "
+     r"got none\. Pass them, e\.g\. get_canonizer\('named_merge_batch_norm', "
+     r"name_map=\.\.\.\)\.$"),
+    (lambda: canonizers_for("resnet"), TypeError,
+     r"^canonizers_for\(model=str\): expected a torch\.nn\.Module, got str\. Pass the model "
+     r"itself\.$"),
+    (lambda: register_canonizer("")(SequentialMergeBatchNorm), TypeError,
+     r"^register_canonizer\(name=''\): expected a non-empty name \(str\), got str\. Pass "
+     r"e\.g\. 'my_block'\.$"),
+    (lambda: register_canonizer("test_not_a_canonizer")(int), TypeError,
+     r"^register_canonizer\(name='test_not_a_canonizer'\): expected a Canonizer subclass, got "
+     r"<class 'int'>\. Decorate a subclass of funcattr\.canonizers\.Canonizer\.$"),
+    (lambda: AttributeCanonizer(3), TypeError,
+     r"^AttributeCanonizer\(attribute_map=3\): expected a callable \(name, module\) -> dict \| "
+     r"None, got int\. Pass e\.g\. AttributeCanonizer\(lambda name, module: "),
+    (lambda: AttributeCanonizer(lambda name, module: 1).apply(nn.Linear(2, 2)), TypeError,
+     r"^AttributeCanonizer\(attribute_map=\.\.\.\): expected a dict or None from "
+     r"attribute_map\('', Linear\), got int\. Return the attributes to set on the view's copy "
+     r"of the module as a dict, or None to leave it alone\.$"),
+    (lambda: CompositeCanonizer([1]), TypeError,
+     r"^CompositeCanonizer\(canonizers=\.\.\.\): expected Canonizer instances, got int\. Pass "
+     r"e\.g\. canonizers=\[SequentialMergeBatchNorm\(\)\]\.$"),
+], ids=["unknown_close", "unknown", "name_kind", "missing_argument", "model_kind",
+        "register_empty", "register_class", "attribute_map_kind", "attribute_map_result",
+        "composite_item"])
+def test_registry_errors(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+    assert "test_not_a_canonizer" not in CANONIZERS
+
+
+# --------------------------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------------------------
 
@@ -767,15 +989,6 @@ def test_error_no_running_statistics_following_merge():
 
 
 def test_error_registration_order_pairs_mismatched_channels():
-    class DenseLike(nn.Module):  # conv registered before a norm of concatenated features
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = nn.Conv2d(3, 2, 1)
-            self.norm = nn.BatchNorm2d(5)
-
-        def forward(self, x):
-            return self.norm(torch.cat([x, self.conv(x)], 1))
-
     model = DenseLike().eval()
     with pytest.raises(ValueError, match=r"'conv' \(Conv2d\) has 2 output channels but 'norm' "
                                          r"normalises 5.*use TracedMergeBatchNorm\(\)"):

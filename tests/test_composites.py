@@ -428,3 +428,142 @@ def test_preset_equals_zennit_on_vgg11(name: str) -> None:
     fn, params = funcattr.functionalize(model, _preset(name))
     _, actual = funcattr.gradient(fn, params, x, funcattr.one_hot(7, times_output=True))
     assert_close(actual, expected, rtol=RTOL)
+
+
+# --------------------------------------------------------------------------------------------
+# Composites are values: frozen, equal and hashed by their maps, printed as tables
+# --------------------------------------------------------------------------------------------
+
+def test_composites_are_frozen() -> None:
+    import dataclasses
+
+    composite = EpsilonPlus()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        composite.layer_map = ()  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        composite.canonizers = ()  # type: ignore[misc]
+    assert isinstance(composite.layer_map, tuple) and isinstance(composite.canonizers, tuple)
+
+
+def test_composites_compare_and_hash_by_value() -> None:
+    from funcattr.canonizers import SequentialMergeBatchNorm
+
+    a = LayerMapComposite([(nn.Linear, Epsilon()), [(nn.ReLU, nn.Tanh), Pass()]])
+    b = LayerMapComposite(((nn.Linear, Epsilon()), ((nn.ReLU, nn.Tanh), Pass())))
+    assert a == b and hash(a) == hash(b) and len({a, b}) == 1
+    assert a != LayerMapComposite([(nn.Linear, Epsilon(epsilon=0.5))])
+    assert EpsilonPlus() != LayerMapComposite(EpsilonPlus().layer_map)  # another class
+    assert EpsilonPlus(canonizers=[SequentialMergeBatchNorm()]) != EpsilonPlus()
+    assert (EpsilonPlus(canonizers=SequentialMergeBatchNorm())
+            == EpsilonPlus(canonizers=[SequentialMergeBatchNorm()]))
+    names = NameMapComposite([("features.0", Flat())])
+    assert names == NameMapComposite([(["features.0"], Flat())])
+    mixed = MixedComposite([names, EpsilonPlus(canonizers=[SequentialMergeBatchNorm()])])
+    assert mixed == MixedComposite([names, EpsilonPlus(canonizers=[SequentialMergeBatchNorm()])])
+    assert mixed.canonizers == (SequentialMergeBatchNorm(),)
+    assert {EpsilonPlusFlat(): "cached"}[EpsilonPlusFlat()] == "cached"
+
+
+def test_presets_with_tensor_bounds_compare_by_value() -> None:
+    low, high = torch.full((1, 3, 1, 1), -2.0), torch.full((1, 3, 1, 1), 2.0)
+    box = EpsilonGammaBox(low=low, high=high)
+    assert box == EpsilonGammaBox(low=low.clone(), high=high.clone())
+    assert hash(box) == hash(box)
+    assert box != EpsilonGammaBox(low=low, high=high + 1)
+
+
+def test_preset_repr_shows_user_entries() -> None:
+    composite = EpsilonPlus(layer_map=[(nn.ReLU, Pass())])
+    assert repr(composite) == ("EpsilonPlus(epsilon=1e-06, stabilizer=1e-06, zero_params=None, "
+                               f"layer_map=[({nn.ReLU!r}, Pass())])")
+    assert composite.layer_map[0] == (nn.ReLU, Pass())  # the user's entries come first
+    assert repr(LayerMapComposite([(nn.Linear, Epsilon())])) == (
+        f"LayerMapComposite(layer_map=[({nn.Linear!r}, Epsilon(epsilon=1e-06, "
+        f"zero_params=None))])")
+
+
+def test_preset_docstring_tables_are_current() -> None:
+    """Each preset's docstring shows its rule table as a doctest; run them all."""
+    import doctest
+
+    import funcattr.composites.presets
+
+    result = doctest.testmod(funcattr.composites.presets,
+                             optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0
+    assert result.attempted >= len(NAMES)
+    for name in NAMES:
+        assert ".table())" in (COMPOSITES[name].__doc__ or ""), name
+
+
+def test_table_of_a_mixed_composite() -> None:
+    composite = NameLayerMapComposite(name_map=[(("features.0",), Flat())],
+                                      layer_map=[(types.Convolution, ZPlus())])
+    assert composite.table() == textwrap.dedent("""\
+        composites[0].name_map   features.0                  Flat(stabilizer=1e-06, zero_params=None)
+        composites[1].layer_map  funcattr.types.Convolution  ZPlus(stabilizer=1e-06, zero_params=None)""")  # noqa: E501
+    assert Composite().table() == "Composite: no entries"
+
+
+# --------------------------------------------------------------------------------------------
+# Constructor and registry errors: call, expected, got, fix
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("make", "error", "match"), [
+    (lambda: LayerMapComposite([nn.Linear]), TypeError,
+     r"^LayerMapComposite\(layer_map=\.\.\.\): expected \(key, rule\) pairs, got <class .*>\. "
+     r"Write e\.g\. layer_map=\[\(torch\.nn\.Linear, Epsilon\(\)\)\]\.$"),
+    (lambda: LayerMapComposite(3), TypeError,
+     r"^LayerMapComposite\(layer_map=3\): expected a sequence of \(key, rule\) pairs, got int\. "
+     r"Write e\.g\."),
+    (lambda: LayerMapComposite([("Linear", Epsilon())]), TypeError,
+     r"^LayerMapComposite\(layer_map=\.\.\.\): expected module types \(a class or a tuple of "
+     r"classes\) as keys, got 'Linear'\. Write e\.g\. layer_map=\[\(torch\.nn\.Linear"),
+    (lambda: EpsilonPlusFlat(first_map=[(nn.Linear,)]), TypeError,
+     r"^EpsilonPlusFlat\(first_map=\.\.\.\): expected \(key, rule\) pairs, got .*\. Write e\.g\. "
+     r"layer_map=\[\(torch\.nn\.Linear, Epsilon\(\)\)\]\.$"),
+    (lambda: EpsilonPlus(layer_map=[nn.Linear]), TypeError,
+     r"^EpsilonPlus\(layer_map=\.\.\.\): expected \(key, rule\) pairs"),
+    (lambda: NameMapComposite([((1,), Epsilon())]), TypeError,
+     r"^NameMapComposite\(name_map=\.\.\.\): expected module names \(str\) as keys, got \(1,\)\. "
+     r"Write e\.g\. name_map=\[\(\['features\.0'\], Epsilon\(\)\)\]\.$"),
+    (lambda: Composite(module_map=3), TypeError,
+     r"^Composite\(module_map=3\): expected a callable \(ctx, name, module\) -> Rule \| None, "
+     r"got int\. Pass a function, or use LayerMapComposite / NameMapComposite for tables\.$"),
+    (lambda: EpsilonPlus(canonizers=["merge"]), TypeError,
+     r"^EpsilonPlus\(canonizers=\.\.\.\): expected Canonizer instances, got str\. Pass e\.g\. "
+     r"canonizers=\[SequentialMergeBatchNorm\(\)\]\.$"),
+    (lambda: EpsilonPlus(canonizers=3), TypeError,
+     r"^EpsilonPlus\(canonizers=3\): expected a Canonizer or a list of Canonizers, got int\. "
+     r"Pass e\.g\. canonizers=\[SequentialMergeBatchNorm\(\)\]\.$"),
+    (lambda: MixedComposite([EpsilonPlus(), 3]), TypeError,
+     r"^MixedComposite\(composites=\.\.\.\): expected Composite instances, got int\. Pass e\.g\. "
+     r"MixedComposite\(\[NameMapComposite\(\.\.\.\), EpsilonPlus\(\)\]\)\.$"),
+    (lambda: register_composite(3), TypeError,
+     r"^register_composite\(name=3\): expected a non-empty name \(str\), got int\. Write e\.g\. "
+     r"@register_composite\('my_composite'\)\.$"),
+    (lambda: register_composite("not_a_composite")(int), TypeError,
+     r"^register_composite\(name='not_a_composite'\): expected a Composite subclass, got "
+     r"<class 'int'>\. Decorate a subclass of funcattr\.composites\.Composite"),
+    (lambda: get_composite(3), TypeError,
+     r"^get_composite\(name=3\): expected a registered composite name \(str\), got int\. Pass "
+     r"e\.g\. 'epsilon_plus'\.$"),
+], ids=["not_a_pair", "not_a_sequence", "key_not_a_type", "first_map", "preset_layer_map",
+        "name_not_str", "module_map", "canonizer_item", "canonizers_kind", "mixed_item",
+        "register_name", "register_class", "get_name_kind"])
+def test_constructor_errors(make, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        make()
+    assert "not_a_composite" not in COMPOSITES
+
+
+def test_resolution_and_registry_errors_say_the_fix() -> None:
+    with pytest.raises(TypeError, match=r"^assign_rules\(composite=LayerMapComposite\): the map "
+                       r"gave 'epsilon' for module '0'; expected a funcattr Rule \(e\.g\. "
+                       r"Epsilon\(\)\)\. Map modules to rules from funcattr\.rules \(Zennit's "
+                       r"rule objects do not work here\)\.$"):
+        assign_rules(small_mlp(), LayerMapComposite([(nn.Linear, "epsilon")]))
+    with pytest.raises(ValueError, match=r"^get_composite\(name='epsilon_pluss'\): unknown "
+                       r"composite; expected a registered name, got 'epsilon_pluss'\. Use one of "
+                       r"beta_smooth, .*\. Did you mean 'epsilon_plus'.*\?$"):
+        get_composite("epsilon_pluss")

@@ -29,12 +29,18 @@ from torchvision.models.densenet import DenseNet
 from torchvision.models.mobilenetv2 import MobileNetV2
 from torchvision.models.mobilenetv3 import MobileNetV3, _mobilenet_v3_conf
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
-from torchvision.models.vgg import make_layers
+from torchvision.models.vgg import VGG, make_layers
 
 import funcattr
 from funcattr import composites as fc
 from funcattr import types
-from funcattr.canonizers import SequentialMergeBatchNorm, TracedMergeBatchNorm
+from funcattr.canonizers import (
+    CANONIZERS,
+    SequentialMergeBatchNorm,
+    TracedMergeBatchNorm,
+    canonizers_for,
+    get_canonizer,
+)
 from funcattr.functional import model_params
 from funcattr.layer import Sum
 from funcattr.rules import Epsilon, Norm, Pass
@@ -156,6 +162,42 @@ def test_vgg_canonizer_is_sequential_merge():
     model = randomise(make_layers([4, "M", 8, 8, "M"], batch_norm=True))
     x = _input((1, 3, 16, 16))
     assert_close(view_output(VGGCanonizer(), model, x), model(x))
+
+
+def small_vgg(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    features = make_layers([4, "M", 8, "M"], batch_norm=True)
+    return randomise(VGG(features, num_classes=5, init_weights=False), seed)
+
+
+@pytest.mark.parametrize(("make", "expected"), [
+    (small_vgg, VGGCanonizer()),
+    *((SMALL[name][0], SMALL[name][1]()) for name in sorted(SMALL)),
+], ids=["vgg", *sorted(SMALL)])
+@pytest.mark.parametrize("wrapped", [False, True], ids=["bare", "wrapped"])
+def test_canonizers_for_torchvision_models(make, expected, wrapped):
+    """The architecture's own canonizer, also for a model inside a wrapper (as the CLI puts a
+    normalisation in front), and never a generic batch-norm merge."""
+    model = make()
+    if wrapped:
+        model = nn.Sequential(nn.Identity(), model)
+    before = snapshot(model)
+    assert canonizers_for(model) == [expected]
+    assert_unchanged(model, before)
+
+
+def test_registry_finds_torchvision_canonizers_by_name():
+    assert get_canonizer("resnet") == ResNetCanonizer()
+    assert get_canonizer("ResNetCanonizer") == ResNetCanonizer()
+    assert get_canonizer("mobilenet_v3") == get_canonizer("MobileNetV3Canonizer")
+    assert type(get_canonizer("densenet_merge_batch_norm")) is DenseNetMergeBatchNorm
+    assert type(get_canonizer("squeeze_excitation")) is SqueezeExcitationCanonizer
+    assert {name for name, spec in CANONIZERS.items() if spec.library == "torchvision"} == {
+        "vgg", "resnet", "densenet", "mobilenet_v2", "mobilenet_v3"}
+    assert ResNetBottleneckCanonizer.fits(small_resnet(Bottleneck))
+    assert not ResNetBottleneckCanonizer.fits(small_resnet(BasicBlock))
+    assert SqueezeExcitationCanonizer.fits(small_mobilenet_v3())
+    assert DenseNetMergeBatchNorm.fits(small_densenet())
 
 
 def test_resnet_canonizer_requires_eval_mode():

@@ -1,27 +1,16 @@
-"""Canonizers: pure transforms of (module tree, params) that make models LRP-friendly.
+"""Batch-norm merging: Zennit's sequential and named pairs, and pairs from the traced data flow.
 
-A canonizer never touches the model it is given. :meth:`Canonizer.apply` returns a *new
-model view* (a shallow copy of the module tree with some modules replaced) and a *parameter
-transform*, a pure function from the model's params dict to the view's params dict, applied
-on every call of the functionalized model so that gradients flow to the original params.
-
-Modules a canonizer does not change are shared between the model and its view (and are never
-mutated); changed modules are shallow copies with their own registries; new tensors (merged
-weights) are computed from the params on every call. Canonizing twice gives the same view
-and params as canonizing once: a merged batch norm is an ``nn.Identity`` in the view, and
-nothing is left to merge.
-
-Zennit's canonizers are here under Zennit's names and arguments: :class:`MergeBatchNorm`,
-:class:`SequentialMergeBatchNorm`, :class:`NamedMergeBatchNorm`, :class:`AttributeCanonizer`
-and :class:`CompositeCanonizer`. :class:`TracedMergeBatchNorm` finds the pairs to merge in
-the model's real data flow (``torch.fx``) instead of in the order of its children.
+For a batch norm with ``scale = weight / sqrt(running_var + eps)``, each linear layer it
+follows gets ``W' = W * scale`` along its output channels and ``b' = (b - running_mean) *
+scale + bias``; the batch norm becomes an ``nn.Identity`` in the view. Merged tensors are
+recomputed from the params on every call of the transform.
 """
 
 from __future__ import annotations
 
-import types as pytypes
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import difflib
+from abc import abstractmethod
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -29,271 +18,16 @@ import torch
 from torch import Tensor, nn
 
 from funcattr import types
-from funcattr.module_tree import shallow_copy
+from funcattr.canonizers.base import Canonizer, ParamTransform
+from funcattr.canonizers.tracing import trace
+from funcattr.canonizers.view import ViewBuilder
 
 __all__ = [
-    "AttributeCanonizer",
-    "Canonizer",
-    "CompositeCanonizer",
     "MergeBatchNorm",
     "NamedMergeBatchNorm",
-    "ParamTransform",
     "SequentialMergeBatchNorm",
     "TracedMergeBatchNorm",
-    "ViewBuilder",
-    "identity_transform",
 ]
-
-ParamTransform = Callable[[Mapping[str, Tensor]], dict[str, Tensor]]
-
-
-def identity_transform(params: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The parameter transform of a canonizer that changes no parameters."""
-    return dict(params)
-
-
-class Canonizer(ABC):
-    """Base of all canonizers: ``apply(model) -> (model view, parameter transform)``.
-
-    ``canonizer(model, params)`` returns ``(view, view_params)``; the inputs are unchanged, and
-    ``torch.func.functional_call(view, view_params, input)`` equals ``model(input)`` (for a
-    model in eval mode).
-    """
-
-    @abstractmethod
-    def apply(self, model: nn.Module) -> tuple[nn.Module, ParamTransform]:
-        """Return a new model view and the transform of its parameters; ``model`` is unchanged."""
-
-    def __call__(
-        self, model: nn.Module, params: Mapping[str, Tensor]
-    ) -> tuple[nn.Module, dict[str, Tensor]]:
-        """Canonize ``(model, params)`` into ``(model view, view params)``; inputs unchanged."""
-        view, transform = self.apply(model)
-        return view, transform(params)
-
-
-class CompositeCanonizer(Canonizer):
-    """Apply several canonizers in order; their parameter transforms compose.
-
-    Examples
-    --------
-    >>> CompositeCanonizer([SequentialMergeBatchNorm()])
-    CompositeCanonizer([SequentialMergeBatchNorm()])
-    """
-
-    def __init__(self, canonizers: Sequence[Canonizer]) -> None:
-        self.canonizers = tuple(canonizers)
-        for canonizer in self.canonizers:
-            if not isinstance(canonizer, Canonizer):
-                raise TypeError(
-                    f"CompositeCanonizer(canonizers=...): expected Canonizer instances, got "
-                    f"{type(canonizer).__name__}."
-                )
-
-    def apply(self, model):
-        transforms = []
-        for canonizer in self.canonizers:
-            model, transform = canonizer.apply(model)
-            transforms.append(transform)
-
-        def transform(params):
-            for step in transforms:
-                params = step(params)
-            return dict(params)
-
-        return model, transform
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        return self.canonizers == other.canonizers
-
-    def __hash__(self) -> int:
-        return hash((type(self), self.canonizers))
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({list(self.canonizers)!r})"
-
-
-# --------------------------------------------------------------------------------------------
-# Building a view: copy-on-write modules plus a params transform
-# --------------------------------------------------------------------------------------------
-
-Slot = tuple[int, str]  # (id of a module of the input model, attribute name)
-
-
-def _keyed(module: nn.Module) -> dict[str, Tensor]:
-    """Parameters and buffers keyed like ``named_parameters()`` / ``named_buffers()``."""
-    tensors = dict(module.named_parameters())
-    tensors.update(module.named_buffers())
-    return tensors
-
-
-@dataclass(frozen=True)
-class _Step:
-    fn: Callable[..., tuple[Tensor, ...]]
-    inputs: tuple[Slot, ...]
-    outputs: tuple[Slot, ...]
-
-
-class ViewBuilder:
-    """Copy-on-write construction of a model view and its parameter transform.
-
-    Canonizers describe their rewrite with :meth:`edit` (a private shallow copy of a module to
-    change), :meth:`replace` (another module in a module's place) and :meth:`derive` (new
-    tensors of an edited module, computed from tensors of the model by a pure function);
-    :meth:`build` returns the view and the transform. Unchanged modules are shared with the
-    model; no module of the model is ever written to.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        The model (or an earlier canonizer's view) to rewrite.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self._copies: dict[int, nn.Module] = {}
-        self._replaced: dict[int, nn.Module] = {}
-        self._steps: list[_Step] = []
-        self._values: dict[Slot, Tensor | None] = {}  # the current value of each derived slot
-        self._derived: dict[Slot, Tensor] = {}  # slot -> the tensor placed in the view
-
-    def edit(self, module: nn.Module) -> nn.Module:
-        """The view's own shallow copy of ``module`` (the same copy on every call)."""
-        if id(module) in self._replaced:
-            raise ValueError(f"ViewBuilder.edit(module={type(module).__name__}): the module was "
-                             f"replaced already; edit it before replacing it.")
-        if id(module) not in self._copies:
-            new = shallow_copy(module)
-            self._copies[id(module)] = new
-        return self._copies[id(module)]
-
-    def replace(self, module: nn.Module, new: nn.Module) -> None:
-        """Put ``new`` wherever ``module`` occurs in the view."""
-        self._replaced[id(module)] = new
-
-    def read(self, module: nn.Module, name: str) -> Tensor | None:
-        """The current value of ``module.<name>`` in the view being built (detached)."""
-        slot = (id(module), name)
-        if slot in self._values:
-            return self._values[slot]
-        value = getattr(module, name, None)
-        return value.detach() if isinstance(value, Tensor) else None
-
-    def derive(self, fn: Callable[..., tuple[Tensor, ...]],
-               inputs: Sequence[tuple[nn.Module, str]],
-               outputs: Sequence[tuple[nn.Module, str]]) -> None:
-        """Give the edited ``outputs`` (module, attribute) the values ``fn(*inputs)``.
-
-        ``fn`` must be a pure, differentiable function of tensors (``None`` for an input the
-        module lacks). It runs now on the model's tensors (for the view's own values) and on
-        every call of the transform, on the params passed to it.
-        """
-        with torch.no_grad():
-            values = fn(*(self.read(module, name) for module, name in inputs))
-        for (module, name), value in zip(outputs, values, strict=True):
-            target = self.edit(module)
-            original = getattr(module, name, None)
-            if name in module._buffers:
-                target._buffers[name] = value
-            else:
-                requires_grad = original.requires_grad if isinstance(original, Tensor) else True
-                value = nn.Parameter(value, requires_grad=requires_grad)
-                target._parameters[name] = value
-            self._values[(id(module), name)] = value.detach()
-            self._derived[(id(module), name)] = value
-        self._steps.append(_Step(
-            fn,
-            tuple((id(module), name) for module, name in inputs),
-            tuple((id(module), name) for module, name in outputs),
-        ))
-
-    def _rebuild(self, module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
-        if id(module) in memo:
-            return memo[id(module)]
-        if id(module) in self._replaced:
-            memo[id(module)] = self._replaced[id(module)]
-            return memo[id(module)]
-        own = self._copies.get(id(module), module)
-        memo[id(module)] = own  # a module containing itself stays itself
-        children = {
-            name: None if child is None else self._rebuild(child, memo)
-            for name, child in own._modules.items()
-        }
-        if own is module and all(children[k] is v for k, v in module._modules.items()):
-            return module
-        own = self.edit(module)
-        own.__dict__["_modules"] = children
-        memo[id(module)] = own
-        return own
-
-    def build(self) -> tuple[nn.Module, ParamTransform]:
-        """The view and its parameter transform."""
-        if not self._copies and not self._replaced:
-            return self.model, identity_transform
-        view = self._rebuild(self.model, {})
-        model_keys = {id(tensor): key for key, tensor in _keyed(self.model).items()}
-        model_tensors = {}
-        for module in self.model.modules():
-            for name in (*module._parameters, *module._buffers):
-                value = getattr(module, name)
-                model_tensors[(id(module), name)] = value
-        derived = {id(tensor): slot for slot, tensor in self._derived.items()}
-        sources: list[tuple[str, str, Any]] = []
-        for key, tensor in _keyed(view).items():
-            if id(tensor) in derived:
-                sources.append((key, "slot", derived[id(tensor)]))
-            elif id(tensor) in model_keys:
-                sources.append((key, "model", model_keys[id(tensor)]))
-            else:
-                sources.append((key, "const", tensor.detach()))
-        inputs = {}  # slot -> (model key or None, fallback tensor)
-        for step in self._steps:
-            for slot in step.inputs:
-                value = model_tensors.get(slot)
-                key = model_keys.get(id(value)) if value is not None else None
-                inputs[slot] = (key, None if value is None else value.detach())
-        steps = tuple(self._steps)
-        return view, _ViewTransform(steps, tuple(sources), inputs)
-
-
-class _ViewTransform:
-    """The params transform of a view: shared keys renamed, derived tensors recomputed."""
-
-    def __init__(self, steps: tuple[_Step, ...], sources: tuple[tuple[str, str, Any], ...],
-                 inputs: dict[Slot, tuple[str | None, Tensor | None]]) -> None:
-        self.steps = steps
-        self.sources = sources
-        self.inputs = inputs
-
-    def __call__(self, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        values: dict[Slot, Tensor | None] = {}
-
-        def read(slot: Slot) -> Tensor | None:
-            if slot in values:
-                return values[slot]
-            key, fallback = self.inputs[slot]
-            return params[key] if key is not None and key in params else fallback
-
-        for step in self.steps:
-            results = step.fn(*(read(slot) for slot in step.inputs))
-            values.update(zip(step.outputs, results, strict=True))
-        out: dict[str, Tensor] = {}
-        for key, kind, ref in self.sources:
-            if kind == "slot":
-                out[key] = values[ref]
-            elif kind == "model":
-                if ref in params:
-                    out[key] = params[ref]
-            else:
-                out[key] = ref
-        return out
-
-
-# --------------------------------------------------------------------------------------------
-# Batch-norm merging
-# --------------------------------------------------------------------------------------------
 
 _TRAINING = (
     "{owner}(model={model}): expected batch norms in eval mode (merging uses their running "
@@ -430,19 +164,7 @@ class MergeBatchNorm(Canonizer):
         if training:
             raise ValueError(_TRAINING.format(owner=self._owner(), model=_describe(model),
                                               names=", ".join(repr(n) for n in training)))
-        problems = []
-        for linear_names, bn_name in pairs:
-            bn = modules[bn_name]
-            if not isinstance(bn.running_mean, Tensor) or not isinstance(bn.running_var, Tensor):
-                problems.append(f"{bn_name!r} keeps no running statistics "
-                                f"(track_running_stats=False)")
-            for name in linear_names:
-                linear = modules[name]
-                if _channels_out(linear) != _bn_features(bn):
-                    problems.append(
-                        f"{name!r} ({type(linear).__name__}) has {_channels_out(linear)} output "
-                        f"channels but {bn_name!r} normalises {_bn_features(bn)}"
-                    )
+        problems = _pair_problems(modules, pairs)
         if problems:
             raise ValueError(
                 f"{self._owner()}(model={_describe(model)}): expected mergeable (linear layer, "
@@ -450,6 +172,25 @@ class MergeBatchNorm(Canonizer):
                 f"probably not registered in forward order; use TracedMergeBatchNorm() or "
                 f"NamedMergeBatchNorm(name_map) for this model."
             )
+
+
+def _pair_problems(modules: dict[str, nn.Module],
+                   pairs: list[tuple[tuple[str, ...], str]]) -> list[str]:
+    """Why the ``(linear names, batch-norm name)`` pairs cannot merge (empty: they can)."""
+    problems = []
+    for linear_names, bn_name in pairs:
+        bn = modules[bn_name]
+        if not isinstance(bn.running_mean, Tensor) or not isinstance(bn.running_var, Tensor):
+            problems.append(f"{bn_name!r} keeps no running statistics "
+                            f"(track_running_stats=False)")
+        for name in linear_names:
+            linear = modules[name]
+            if _channels_out(linear) != _bn_features(bn):
+                problems.append(
+                    f"{name!r} ({type(linear).__name__}) has {_channels_out(linear)} output "
+                    f"channels but {bn_name!r} normalises {_bn_features(bn)}"
+                )
+    return problems
 
 
 def _named_leaves(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
@@ -478,6 +219,20 @@ class SequentialMergeBatchNorm(MergeBatchNorm):
     SequentialMergeBatchNorm()
     """
 
+    @classmethod
+    def fits(cls, model: nn.Module) -> bool:
+        """Whether ``model`` has batch norms after linear layers in registration order, all
+        mergeable, and (where the model traces) they are the pairs of the real data flow."""
+        pairs = cls().pairs(model)
+        modules = dict(model.named_modules(remove_duplicate=False))
+        if not pairs or _pair_problems(modules, pairs):
+            return False
+        try:
+            traced = TracedMergeBatchNorm(following=False).pairs(model)
+        except ValueError:
+            return True  # not traceable: the registration order is all there is
+        return sorted(traced) == sorted(pairs)
+
     def pairs(self, model: nn.Module) -> list[tuple[tuple[str, ...], str]]:
         found = []
         previous: tuple[str, nn.Module] | None = None
@@ -505,20 +260,22 @@ class NamedMergeBatchNorm(MergeBatchNorm):
     NamedMergeBatchNorm(name_map=((('features.0',), 'features.1'),))
     """
 
-    name_map: Any = ()
+    name_map: Any
 
     def __post_init__(self) -> None:
-        try:
-            entries = tuple(
-                ((linears,) if isinstance(linears, str) else tuple(linears), bn)
-                for linears, bn in self.name_map
-            )
-        except (TypeError, ValueError) as error:
-            raise TypeError(
-                f"NamedMergeBatchNorm(name_map={self.name_map!r}): expected a sequence of "
-                f"([linear names...], batch-norm name) pairs. Write e.g. "
-                f"name_map=[(['features.0'], 'features.1')]."
-            ) from error
+        raw = self.name_map
+        entries = []
+        for entry in list(raw) if isinstance(raw, Iterable) and not isinstance(raw, str) else [raw]:
+            try:
+                linears, bn = entry
+                entries.append(((linears,) if isinstance(linears, str) else tuple(linears), bn))
+            except (TypeError, ValueError) as error:
+                raise TypeError(
+                    f"NamedMergeBatchNorm(name_map={self.name_map!r}): expected a sequence of "
+                    f"([linear names...], batch-norm name) pairs, got {entry!r}. Write e.g. "
+                    f"name_map=[(['features.0'], 'features.1')]."
+                ) from error
+        entries = tuple(entries)
         bad = [entry for entry in entries
                if not isinstance(entry[1], str) or not all(isinstance(n, str) for n in entry[0])]
         if bad:
@@ -529,8 +286,6 @@ class NamedMergeBatchNorm(MergeBatchNorm):
         object.__setattr__(self, "name_map", entries)
 
     def pairs(self, model: nn.Module) -> list[tuple[tuple[str, ...], str]]:
-        import difflib
-
         modules = dict(model.named_modules(remove_duplicate=False))
         problems = []
         for linears, bn in self.name_map:
@@ -564,17 +319,9 @@ _UNTRACEABLE = (
 )
 
 
-def _trace(model: nn.Module, linear_type: tuple, batch_norm_type: tuple):
-    import torch.fx
-
-    class _Tracer(torch.fx.Tracer):
-        def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-            if isinstance(module, linear_type + batch_norm_type):
-                return True
-            return super().is_leaf_module(module, qualified_name)
-
+def _trace(model: nn.Module, linear_type: tuple, batch_norm_type: tuple) -> torch.fx.Graph:
     try:
-        return _Tracer().trace(model)
+        return trace(model, linear_type + batch_norm_type)
     except Exception as error:  # fx raises many kinds; all mean "not traceable"
         first = (str(error).strip().splitlines() or [""])[0]
         raise ValueError(_UNTRACEABLE.format(
@@ -616,9 +363,10 @@ class TracedMergeBatchNorm(MergeBatchNorm):
 
     Notes
     -----
-    Tracing runs the model's ``forward`` with proxy values once per :meth:`apply`, i.e. once
-    per ``functionalize``; ``torch.fx`` patches ``torch.nn.Module.__call__`` while it traces,
-    so do not run other models on other threads during that call.
+    Tracing runs the forward of a private copy of the model with proxy values once per
+    :meth:`apply`, i.e. once per ``functionalize``, without changing anything global (unlike
+    ``torch.fx.symbolic_trace``): other threads may run models meanwhile
+    (:mod:`funcattr.canonizers.tracing`).
 
     Examples
     --------
@@ -627,6 +375,16 @@ class TracedMergeBatchNorm(MergeBatchNorm):
     """
 
     following: bool = True
+
+    @classmethod
+    def fits(cls, model: nn.Module) -> bool:
+        """Whether ``model`` traces and has batch norms to merge into the layer before them."""
+        try:
+            pairs = cls(following=False).pairs(model)
+        except ValueError:
+            return False
+        modules = dict(model.named_modules(remove_duplicate=False))
+        return bool(pairs) and not _pair_problems(modules, pairs)
 
     def _graph_pairs(self, model: nn.Module):
         graph = _trace(model, self.linear_type, self.batch_norm_type)
@@ -716,66 +474,3 @@ class TracedMergeBatchNorm(MergeBatchNorm):
                 f"TracedMergeBatchNorm(following=False)."
             )
 
-
-# --------------------------------------------------------------------------------------------
-# Attributes
-# --------------------------------------------------------------------------------------------
-
-AttributeMap = Callable[[str, nn.Module], "dict[str, Any] | None"]
-
-
-@dataclass(frozen=True)
-class AttributeCanonizer(Canonizer):
-    """Give modules new attributes in the view: a new ``forward``, new child modules, ...
-
-    Parameters
-    ----------
-    attribute_map : callable
-        ``attribute_map(name, module) -> dict | None`` is called for every module of the
-        model (``named_modules()`` order); a dict's items are set on the view's copy of that
-        module as ``setattr`` would (a module value becomes a child, appended after the
-        existing ones). A method bound to ``module`` is re-bound to the copy, so Zennit's
-        idiom ``{"forward": forward.__get__(module), "canonizer_sum": Sum()}`` works. Returns a
-        new model view and params; the inputs are unchanged.
-
-    Examples
-    --------
-    >>> def attribute_map(name, module):
-    ...     return {"inplace": False} if isinstance(module, torch.nn.ReLU) else None
-    >>> view, transform = AttributeCanonizer(attribute_map).apply(torch.nn.ReLU(inplace=True))
-    >>> view.inplace
-    False
-    """
-
-    attribute_map: AttributeMap = None  # type: ignore[assignment]
-
-    def __post_init__(self) -> None:
-        if not callable(self.attribute_map):
-            raise TypeError(
-                f"{type(self).__name__}(attribute_map={self.attribute_map!r}): expected a "
-                f"callable (name, module) -> dict | None. Pass e.g. "
-                f"AttributeCanonizer(lambda name, module: {{'inplace': False}} "
-                f"if isinstance(module, torch.nn.ReLU) else None)."
-            )
-
-    def apply(self, model: nn.Module) -> tuple[nn.Module, ParamTransform]:
-        builder = ViewBuilder(model)
-        for name, module in model.named_modules():
-            attributes = self.attribute_map(name, module)
-            if attributes is None:
-                continue
-            if not isinstance(attributes, Mapping):
-                raise TypeError(
-                    f"{type(self).__name__}(attribute_map=...): expected a dict or None from "
-                    f"attribute_map({name!r}, {type(module).__name__}), got "
-                    f"{type(attributes).__name__}."
-                )
-            target = builder.edit(module)
-            for key, value in attributes.items():
-                if isinstance(value, pytypes.MethodType) and value.__self__ is module:
-                    value = pytypes.MethodType(value.__func__, target)
-                if isinstance(value, nn.Module) and key in target._modules:
-                    target._modules[key] = value  # keep the position of a replaced child
-                else:
-                    nn.Module.__setattr__(target, key, value)
-        return builder.build()

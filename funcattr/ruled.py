@@ -1,0 +1,223 @@
+"""The ruled tree: a model view with rules in place of module forwards, as ``fn(params, input)``.
+
+:class:`FunctionalModel` takes a (canonized) model view, the rule of each ruled module
+(:class:`RuleMap`, what :func:`funcattr.composites.assign_rules` returns) and the view's
+parameter transform. It builds a private shallow copy of the module tree in which each ruled
+module's ``forward`` is replaced by its rule, and runs it with
+``torch.func.functional_call``; each thread gets its own copy, so threads explaining one
+model at once do not interfere. Everything the rules derive for a call site (compiled
+plans, what the fast path learnt about the call) lives in that copy's :class:`LayerCall`
+objects: the :class:`FunctionalModel` owns it and drops it with itself, and two of them never
+share it. It knows nothing of composites: ``functionalize`` and Zennit's
+``composite.context(model)`` both build one.
+"""
+
+from __future__ import annotations
+
+import threading
+import types as pytypes
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from funcattr.canonizers.base import ParamTransform, identity_transform
+from funcattr.core import ElementwiseRule, ModuleCall, Rule
+from funcattr.module_tree import clone_tree, shallow_copy
+
+__all__ = ["FunctionalModel", "LayerCall", "LiveModel", "RuleMap", "model_params"]
+
+
+class RuleMap(dict):
+    """``{module name: rule}`` with a printed table ``name  module  rule``."""
+
+    def __init__(self, rules: dict[str, Rule], modules: dict[str, nn.Module]) -> None:
+        super().__init__(rules)
+        self.modules = {name: modules[name] for name in rules}
+
+    def __repr__(self) -> str:
+        if not self:
+            return "RuleMap(no rules)"
+        rows = [(name or "<root>", type(self.modules[name]).__name__, repr(rule))
+                for name, rule in self.items()]
+        widths = [max(len(row[i]) for row in rows) for i in range(2)]
+        return "\n".join(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c}" for a, b, c in rows)
+
+
+def model_params(model: nn.Module) -> dict[str, Tensor]:
+    """The model's parameters and buffers as a flat dict of detached tensors (shared storage)."""
+    params = {name: value.detach() for name, value in model.named_parameters()}
+    params.update({name: value.detach() for name, value in model.named_buffers()})
+    return params
+
+
+def _original_forward(module: nn.Module) -> Callable[..., Any]:
+    forward = module.__dict__.get("forward")
+    if forward is not None:
+        return forward
+    return pytypes.MethodType(type(module).forward, module)
+
+
+class LayerCall(ModuleCall):
+    """A ruled module's call site: its original forward, plus a way to call it with replaced
+    own tensors (see :class:`funcattr.core.ModuleCall`).
+
+    ``layer(*args)`` is the ordinary forward; ``layer.with_state(state, *args)`` calls it with
+    the module's own parameters/buffers replaced by ``state`` (used by the reference rule).
+    """
+
+    def __init__(self, module: nn.Module, path: str) -> None:
+        self.module = module
+        self.path = path
+        self.memo = {}
+        self.own_forward = module.__dict__.get("forward") is not None
+        self.forward = _original_forward(module)
+        inner = shallow_copy(module)  # same children; own registries, so swapping is private
+        inner.__dict__.pop("forward", None)
+        if self.own_forward:
+            inner.__dict__["forward"] = pytypes.MethodType(self.forward.__func__, inner)
+        self._inner = inner
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def state(self) -> dict[str, Tensor]:
+        """The module's own parameters and buffers as used in this call."""
+        names = [*self.module._parameters, *self.module._buffers]
+        return {name: getattr(self.module, name) for name in names
+                if getattr(self.module, name) is not None}
+
+    def with_state(self, state: Mapping[str, Tensor], *args, **kwargs):
+        return torch.func.functional_call(self._inner, dict(state), args, kwargs, strict=False)
+
+
+class _RuledForward:
+    """The ``forward`` of a ruled module in the private tree: the rule applied to the call."""
+
+    def __init__(self, rule: Rule, module: nn.Module, path: str) -> None:
+        self.rule = rule
+        self.module = module
+        self.layer = LayerCall(module, path)
+
+    def __call__(self, *args, **kwargs):
+        return self.rule.apply(self.module, self.layer, *args, **kwargs)
+
+
+def _install(tree: nn.Module, tensors: Mapping[str, Tensor]) -> None:
+    """Put ``tensors`` (keyed by full name) into the private tree's registries."""
+    for prefix, module in tree.named_modules(remove_duplicate=False):
+        for registry in (module._parameters, module._buffers):
+            for name in registry:
+                full = f"{prefix}.{name}" if prefix else name
+                if full in tensors and registry[name] is not None:
+                    registry[name] = tensors[full]
+
+
+def _build_tree(view: nn.Module, rules: RuleMap) -> nn.Module:
+    memo: dict[int, nn.Module] = {}
+    tree = clone_tree(view, memo)
+    for name, rule in rules.items():
+        clone = memo[id(rules.modules[name])]
+        reads_input = not isinstance(rule, ElementwiseRule) or rule.reads_input
+        if getattr(clone, "inplace", None) is True and reads_input:
+            clone.__dict__["inplace"] = False  # the rule keeps its input: compute anew
+        clone.__dict__["forward"] = _RuledForward(rule, clone, name)
+    return tree
+
+
+class FunctionalModel:
+    """``fn(params, input, *args, **kwargs)``: the rule-applied model as a pure function.
+
+    Attributes
+    ----------
+    rules : RuleMap
+        The rule of every ruled module, by name in the canonized view.
+    plain : FunctionalModel
+        The same canonized model without rules (the ordinary gradient).
+    """
+
+    def __init__(self, view: nn.Module, rules: RuleMap, transform: ParamTransform,
+                 params: dict[str, Tensor] | None = None) -> None:
+        self.view = view
+        self.rules = rules
+        self.transform = transform
+        self._local = threading.local()
+        self._plain: FunctionalModel | None = None
+        self._training = any(module.training for module in view.modules())
+        # the params dict of functionalize, built into the tree: passing it needs no swapping
+        self._resident = (params if params is not None and transform is identity_transform
+                          and not self._training else None)
+
+    @property
+    def plain(self) -> FunctionalModel:
+        """The same (canonized) model without rules."""
+        if not self.rules:
+            return self
+        if self._plain is None:
+            self._plain = FunctionalModel(self.view, RuleMap({}, {}), self.transform,
+                                          self._resident)
+        return self._plain
+
+    def module_tree(self) -> nn.Module:
+        """A new private copy of the rule-applied module tree (the model's tensors, shared).
+
+        Hooks registered on it never reach the user's model; :func:`funcattr.metrics.conservation`
+        uses it to probe each layer.
+        """
+        return _build_tree(self.view, self.rules)
+
+    def _tree(self) -> nn.Module:
+        tree = getattr(self._local, "tree", None)
+        if tree is None:
+            tree = self._local.tree = _build_tree(self.view, self.rules)
+            if self._resident is not None:
+                _install(tree, self._resident)
+        return tree
+
+    def _is_resident(self, params: Mapping[str, Tensor]) -> bool:
+        resident = self._resident
+        return resident is not None and len(params) == len(resident) and all(
+            params.get(name) is tensor for name, tensor in resident.items()
+        )
+
+    def __call__(self, params: Mapping[str, Tensor], input: Any, *args, **kwargs) -> Any:
+        if not isinstance(params, Mapping):
+            raise TypeError(
+                f"fn(params={type(params).__name__}): expected the dict of tensors returned by "
+                f"functionalize (keyed like model.named_parameters() and named_buffers())."
+            )
+        if self._is_resident(params):
+            return self._tree()(input, *args, **kwargs)
+        view_params = self.transform(params)
+        if self._training:  # batch-norm statistics update in place: never the caller's tensors
+            view_params = {
+                k: v.clone() if k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+                else v
+                for k, v in view_params.items()
+            }
+        return torch.func.functional_call(self._tree(), view_params, (input, *args), kwargs)
+
+    def __repr__(self) -> str:
+        return f"FunctionalModel(rules=\n{self.rules!r})"
+
+
+class LiveModel(nn.Module):
+    """``model`` computed by ``fn`` with the model's current (live) parameters and buffers.
+
+    It can stand in for the model in Zennit-style code; ``model`` is not registered as a
+    child, so its parameters stay the model's own. A ruled module's output passes no gradient
+    to that module's own parameters (its rule replaces the backward); a relevance taken with
+    ``create_graph=True`` can be differentiated with respect to them.
+    """
+
+    def __init__(self, model: nn.Module, fn: FunctionalModel) -> None:
+        super().__init__()
+        self.__dict__["model"] = model  # not registered: its parameters stay the model's own
+        self.__dict__["fn"] = fn
+
+    def forward(self, input: Any, *args, **kwargs) -> Any:
+        model = self.__dict__["model"]
+        params = dict(model.named_parameters())
+        params.update(dict(model.named_buffers()))
+        return self.__dict__["fn"](params, input, *args, **kwargs)
