@@ -632,13 +632,14 @@ def test_classes_delegate_to_the_pure_functions_and_leave_the_model_alone():
               model.state_dict().items()}
     fn, params = funcattr.functionalize(model, fc.EpsilonPlusFlat())
     attr = one_hot(TARGETS, times_output=True)
-    with SmoothGrad(model, fc.EpsilonPlusFlat(), n_iter=3, generator=4, chunk_size=2) as a:
+    # chunk_size counts model inputs: 6 = two copies of the batch of 3 per step
+    with SmoothGrad(model, fc.EpsilonPlusFlat(), n_iter=3, generator=4, chunk_size=6) as a:
         assert torch.equal(a(x, attr)[1], smooth_grad(fn, params, x, attr, n_iter=3,
                                                       generator=4)[1])
         assert torch.equal(a(x, attr)[1], a(x, attr)[1])  # an int seed repeats
-    with IntegratedGradients(model, fc.EpsilonPlusFlat(), n_iter=3, chunk_size=1) as a:
+    with IntegratedGradients(model, fc.EpsilonPlusFlat(), n_iter=3, chunk_size=3) as a:
         assert torch.equal(a(x, attr)[1], integrated_gradients(fn, params, x, attr, n_iter=3)[1])
-    with Occlusion(model, window=(3, 3), stride=(2, 2), chunk_size=5) as a:
+    with Occlusion(model, window=(3, 3), stride=(2, 2), chunk_size=15) as a:
         assert torch.equal(a(x, attr)[1], occlusion(fn, params, x, attr, window=(3, 3),
                                                     stride=(2, 2))[1])
     with Gradient(model, fc.EpsilonPlusFlat(), attr_output=attr) as a:
@@ -721,9 +722,10 @@ def setup():
 
 def test_error_n_iter(setup):
     fn, params, x = setup
-    with pytest.raises(ValueError, match=r"smooth_grad\(n_iter=0\): n_iter must be >= 1"):
+    with pytest.raises(ValueError, match=r"smooth_grad\(n_iter=0\): expected an int >= 1, got 0\. "
+                                         r"Pass e\.g\. n_iter=20\.$"):
         smooth_grad(fn, params, x, n_iter=0)
-    with pytest.raises(ValueError, match=r"integrated_gradients\(n_iter=-2\): n_iter must be"):
+    with pytest.raises(ValueError, match=r"integrated_gradients\(n_iter=-2\): expected an int"):
         integrated_gradients(fn, params, x, n_iter=-2)
     with pytest.raises(TypeError, match=r"smooth_grad\(n_iter=2.5\): expected an int >= 1"):
         smooth_grad(fn, params, x, n_iter=2.5)
@@ -757,7 +759,8 @@ def test_error_chunk_size(setup):
     with pytest.raises(TypeError, match=r"smooth_grad\(chunk_size=2.0\): expected None or an "
                                         r"int >= 1"):
         smooth_grad(fn, params, x, chunk_size=2.0)
-    with pytest.raises(ValueError, match=r"occlusion\(chunk_size=0\): chunk_size must be >= 1"):
+    with pytest.raises(ValueError, match=r"occlusion\(chunk_size=0\): expected an int >= 1, "
+                                         r"got 0\. Pass e\.g\. chunk_size=32\.$"):
         occlusion(fn, params, x, chunk_size=0)
     with pytest.raises(TypeError, match=r"integrated_gradients\(chunk_size=True\)"):
         integrated_gradients(fn, params, x, chunk_size=True)
@@ -796,7 +799,8 @@ def test_error_window(setup):
     with pytest.raises(ValueError, match=r"occlusion\(window=\(1, 2, 3, 4, 5\)\): expected at "
                                          r"most 4 sizes"):
         occlusion(fn, params, x, window=(1, 2, 3, 4, 5))
-    with pytest.raises(ValueError, match=r"occlusion\(stride=\(0, 1\)\): every size must be >= 1"):
+    with pytest.raises(ValueError, match=r"occlusion\(stride=\(0, 1\)\): expected sizes >= "
+                                         r"1, got \(0, 1\)\. Pass e\.g\. stride=8"):
         occlusion(fn, params, x, stride=(0, 1))
     with pytest.raises(TypeError, match=r"occlusion\(window=\[8, 8\]\): expected an int or a "
                                         r"tuple of ints, got list"):
@@ -829,7 +833,8 @@ def test_error_targets(setup):
     with pytest.raises(ValueError, match=r"top_k_targets\(k=6\): expected a \(batch, classes\) "
                                          r"output with at least 6 classes"):
         multi_target(fn, params, x, top_k_targets(6))
-    with pytest.raises(ValueError, match=r"top_k_targets\(k=0\): k must be >= 1"):
+    with pytest.raises(ValueError, match=r"top_k_targets\(k=0\): expected an int >= 1, got 0\. "
+                                         r"Pass e\.g\. k=5\.$"):
         top_k_targets(0)
     image_fn, image_params = funcattr.functionalize(nn.Conv2d(3, 2, 1))
     with pytest.raises(ValueError, match=r"multi_target\(targets=...\): expected a \(batch, "

@@ -60,7 +60,8 @@ def test_missing_batch_dimension_names_input() -> None:
 
 def test_input_must_be_a_tensor() -> None:
     fn, params = _cnn_fn()
-    with pytest.raises(TypeError, match=r"^gradient\(input=list\): expected a torch.Tensor\.$"):
+    with pytest.raises(TypeError, match=r"^gradient\(input=list\): expected a torch.Tensor, got "
+                       r"list\. Pass e\.g\. torch\.as_tensor\(input\)\.$"):
         funcattr.gradient(fn, params, [[1.0, 2.0]])
 
 
@@ -81,14 +82,16 @@ def test_non_finite_input(bad: float) -> None:
 def test_target_out_of_range(target, shown: str, low: int, high: int) -> None:
     fn, params = _cnn_fn()
     with pytest.raises(ValueError, match=rf"^one_hot\(target={shown}\): target out of range for "
-                       rf"an output with 4 classes; expected values in \[{low}, {high}\]\.$"):
+                       rf"an output with 4 classes; expected values in \[{low}, {high}\], got "
+                       rf"\[.*\]\. Pass classes of this model\.$"):
         funcattr.gradient(fn, params, torch.randn(2, 3, 8, 8), funcattr.one_hot(target))
 
 
 def test_target_count_must_match_the_batch() -> None:
     fn, params = _cnn_fn()
     with pytest.raises(ValueError, match=r"^one_hot\(target=\[0, 1, 2\]\): expected one target "
-                       r"or one per sample \(2\), got \(3,\)\.$"):
+                       r"or one per sample \(2\), got \(3,\)\. Pass one class, or one per sample "
+                       r"of the batch\.$"):
         funcattr.gradient(fn, params, torch.randn(2, 3, 8, 8), funcattr.one_hot([0, 1, 2]))
 
 
@@ -97,7 +100,8 @@ def test_target_count_must_match_the_batch() -> None:
     ("3", r"^one_hot\(target='3'\): expected an int"),
     ([0.5], r"^one_hot\(target=\[0.5\]\): expected an int"),
     (torch.tensor([0.0, 1.0]), r"^one_hot\(target=tensor of dtype torch.float\d+, shape \(2,\)\): "
-                               r"expected an integer tensor of shape \(batch,\)\.$"),
+                               r"expected an integer tensor of shape \(batch,\), got dtype "
+                               r"torch\.float\d+\. Pass class indices, e\.g\. target\.long\(\)\.$"),
 ])
 def test_target_type(target, match: str) -> None:
     with pytest.raises(TypeError, match=match):
@@ -114,7 +118,8 @@ def test_one_hot_needs_a_two_dimensional_output() -> None:
 def test_output_gradient_of_the_wrong_shape() -> None:
     fn, params = _cnn_fn()
     with pytest.raises(ValueError, match=r"^gradient\(attr_output_fn=\.\.\.\): expected an output "
-                       r"gradient of the output's shape \(2, 4\), got \(2, 5\)\.$"):
+                       r"gradient of the output's shape \(2, 4\), got \(2, 5\)\. Return a tensor "
+                       r"shaped like the output, e\.g\. from one_hot\(target\)\.$"):
         funcattr.gradient(fn, params, torch.randn(2, 3, 8, 8), torch.ones(2, 5))
     with pytest.raises(ValueError, match=r"got list"):
         funcattr.gradient(fn, params, torch.randn(2, 3, 8, 8), lambda output: [1.0])
@@ -122,8 +127,10 @@ def test_output_gradient_of_the_wrong_shape() -> None:
 
 def test_output_gradient_of_the_wrong_kind() -> None:
     fn, params = _cnn_fn()
-    with pytest.raises(TypeError, match=r"^gradient\(attr_output=int\): expected None, a tensor "
-                       r"shaped like the output, or a callable"):
+    # the pure function's argument is attr_output_fn (the classes keep Zennit's attr_output)
+    with pytest.raises(TypeError, match=r"^gradient\(attr_output_fn=int\): expected None, a "
+                       r"tensor shaped like the output, or a callable output -> output gradient, "
+                       r"got int\. Pass e\.g\. attr_output_fn=one_hot\(target\)\.$"):
         funcattr.gradient(fn, params, torch.randn(2, 3, 8, 8), 3)
 
 
@@ -322,7 +329,7 @@ def test_model_must_be_a_module(model, name: str) -> None:
                        r"torch\.nn\.Module\.$"):
         funcattr.functionalize(model, EpsilonPlus())
     with pytest.raises(TypeError, match=rf"^Gradient\(model={name}\): expected a "
-                       r"torch\.nn\.Module\.$"):
+                       rf"torch\.nn\.Module, got {name}\. Pass the model itself"):
         funcattr.Gradient(model, EpsilonPlus())
 
 
