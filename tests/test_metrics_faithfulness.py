@@ -288,28 +288,36 @@ def test_errors_patch_size_and_options():
     with pytest.raises(ValueError, match=r"pixel_flipping\(patch_size=4\): expected a patch "
                                          r"size that divides.*Use one of \[1, 2, 3, 6\]"):
         pixel_flipping(linear_fn, x, 0, a, params=params, patch_size=4)
-    with pytest.raises(ValueError, match=r"patch_size=0\): expected a positive int"):
+    with pytest.raises(ValueError, match=r"patch_size=0\): expected an int >= 1, got 0\. Pass "
+                                         r"e\.g\. patch_size=8\.$"):
         pixel_flipping(linear_fn, x, 0, a, params=params, patch_size=0)
     with pytest.raises(ValueError, match=r"sensitivity_n\(patch_size=5\)"):
         sensitivity_n(linear_fn, x, 0, a, params=params, patch_size=5)
-    with pytest.raises(ValueError, match=r"orders=\.\.\.\): expected orders from"):
+    with pytest.raises(ValueError, match=r"orders=\.\.\.\): expected orders from.*Pass e\.g\. "
+                                         r"orders=\('morf', 'lerf'\)\.$"):
         pixel_flipping(linear_fn, x, 0, a, params=params, orders=("best",))
-    with pytest.raises(ValueError, match=r"expected distinct orders"):
+    with pytest.raises(ValueError, match=r"expected distinct orders.*Pass e\.g\. orders="):
         pixel_flipping(linear_fn, x, 0, a, params=params, orders=("morf", "morf"))
-    with pytest.raises(ValueError, match=r"regions_per_step=0\): expected an int >= 1"):
+    with pytest.raises(ValueError, match=r"regions_per_step=0\): expected an int >= 1, got 0\. "
+                                         r"Pass e\.g\. regions_per_step=8\.$"):
         pixel_flipping(linear_fn, x, 0, a, params=params, regions_per_step=0)
-    with pytest.raises(ValueError, match=r"chunk_size=0\): expected a positive int"):
+    # the same message (and exception type) as the attributors' chunk_size
+    with pytest.raises(ValueError, match=r"pixel_flipping\(chunk_size=0\): expected an int >= 1, "
+                                         r"got 0\. Pass e\.g\. chunk_size=32\.$"):
         pixel_flipping(linear_fn, x, 0, a, params=params, chunk_size=0)
-    with pytest.raises(ValueError, match=r"fill='black'\): expected a number, 'mean'"):
+    with pytest.raises(ValueError, match=r"fill='black'\): expected a number, 'mean'.*Pass e\.g\. "
+                                         r"fill='mean'\.$"):
         pixel_flipping(linear_fn, x, 0, a, params=params, fill="black")
     with pytest.raises(TypeError, match=r"fill=True\): expected a number"):
         pixel_flipping(linear_fn, x, 0, a, params=params, fill=True)
-    with pytest.raises(TypeError, match=r"fill=list\): expected a number"):
+    with pytest.raises(TypeError, match=r"fill=list\): expected a number.*got list\. Pass e\.g\. "
+                                        r"fill=0\.0 or fill='mean'\.$"):
         pixel_flipping(linear_fn, x, 0, a, params=params, fill=[0.0])
     with pytest.raises(ValueError, match=r"fill=tensor of shape \(2, 3\)\): expected a tensor "
-                                         r"broadcastable"):
+                                         r"broadcastable.*Pass e\.g\. a blurred copy"):
         pixel_flipping(linear_fn, x, 0, a, params=params, fill=torch.zeros(2, 3))
-    with pytest.raises(ValueError, match=r"auc\(order='random'\): expected one of"):
+    with pytest.raises(ValueError, match=r"auc\(order='random'\): expected one of.*Pass "
+                                         r"orders=\(\.\.\., 'random'\) to the metric\.$"):
         pixel_flipping(linear_fn, x, 0, a, params=params).auc("random")
 
 
@@ -320,34 +328,44 @@ def test_errors_inputs_targets_models():
     with pytest.raises(ValueError, match=r"attribution=tensor of shape \(2, 4, 4, 4\)\): "
                                          r"expected the input's shape"):
         pixel_flipping(linear_fn, x, 0, torch.rand(2, 4, 4, 4), params=params)
-    with pytest.raises(TypeError, match=r"attribution=ndarray\): expected a tensor"):
+    with pytest.raises(TypeError, match=r"attribution=ndarray\): expected a tensor, got ndarray\. "
+                                        r"Pass torch\.as_tensor\(attribution\)\.$"):
         pixel_flipping(linear_fn, x, 0, a.numpy(), params=params)
-    with pytest.raises(ValueError, match=r"target=tensor of shape \(3,\)\): expected one class"):
+    with pytest.raises(ValueError, match=r"target=tensor of shape \(3,\)\): expected one class.*"
+                                         r"Pass one class per sample of the input\.$"):
         pixel_flipping(linear_fn, x, [0, 1, 0], a, params=params)
-    with pytest.raises(TypeError, match=r"target=tensor of dtype torch.float64\)"):
+    with pytest.raises(TypeError, match=r"target=tensor of dtype torch.float64\).*Pass "
+                                        r"target\.long\(\)\.$"):
         pixel_flipping(linear_fn, x, torch.tensor([0.0, 1.0]), a, params=params)
     with pytest.raises(TypeError, match=r"target=None\): expected an int"):
         pixel_flipping(linear_fn, x, None, a, params=params)
     with pytest.raises(TypeError, match=r"params=None\): a pure model fn\(params, x\) needs"):
         pixel_flipping(linear_fn, x, 0, a)
-    with pytest.raises(TypeError, match=r"model=int\): expected a torch.nn.Module"):
+    with pytest.raises(TypeError, match=r"model=int\): expected a torch.nn.Module.*Pass the "
+                                        r"model\.$"):
         pixel_flipping(3, x, 0, a)
-    with pytest.raises(TypeError, match=r"params=list\): expected a dict"):
+    with pytest.raises(TypeError, match=r"params=list\): expected a dict.*Pass the params of "
+                                        r"funcattr\.functionalize\.$"):
         pixel_flipping(linear_fn, x, 0, a, params=[1])
-    with pytest.raises(ValueError, match=r"x=tensor of shape \(4,\)\): expected a batch"):
+    with pytest.raises(ValueError, match=r"input=tensor of shape \(4,\)\): expected a batch.*"
+                                         r"Add the batch dimension with input\[None\]\.$"):
         pixel_flipping(linear_fn, torch.rand(4), 0, a, params=params)
     with pytest.raises(ValueError, match=r"expected finite values"):
         pixel_flipping(linear_fn, x * torch.nan, 0, a, params=params)
-    with pytest.raises(TypeError, match=r"x=tensor of dtype torch.int64\)"):
+    with pytest.raises(TypeError, match=r"input=tensor of dtype torch.int64\).*Pass "
+                                        r"input\.float\(\)\.$"):
         pixel_flipping(linear_fn, torch.ones(2, 3, 4, 4, dtype=torch.long), 0, a, params=params)
-    with pytest.raises(TypeError, match=r"x=list\): expected a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"input=list\): expected a torch.Tensor"):
         pixel_flipping(linear_fn, [1.0], 0, a, params=params)
     with pytest.raises(ValueError, match=r"expected a model output of shape \(batch, classes\)"):
         pixel_flipping(lambda p, v: v.sum(), x, 0, a, params={})
     module = nn.Linear(48, 2)
     with pytest.raises(ValueError, match=r"params=\.\.\.\): expected the keys of model"):
         pixel_flipping(nn.Sequential(nn.Flatten(), module), x, 0, a, params={"x": x})
-    with pytest.raises(TypeError, match=r"generator='seed'\): expected a torch.Generator"):
+    # the same message as the attributors' generator
+    with pytest.raises(TypeError, match=r"generator='seed'\): expected None \(torch's global "
+                                        r"generator\), an int seed or a torch\.Generator.*Pass "
+                                        r"e\.g\. generator=0\.$"):
         pixel_flipping(linear_fn, x, 0, a, params=params, generator="seed")
 
 
@@ -356,21 +374,26 @@ def test_errors_sensitivity_n_and_infidelity():
     a = torch.rand(2, 3, 4, 4)
     params = linear_params(48)
     with pytest.raises(ValueError, match=r"sensitivity_n\(ns=\[0, 3\]\): expected cardinalities "
-                                         r"in \[1, 16\]"):
+                                         r"in \[1, 16\].*or ns=None"):
         sensitivity_n(linear_fn, x, 0, a, params=params, ns=[0, 3])
-    with pytest.raises(ValueError, match=r"n_subsets=1\): expected an int >= 2"):
+    with pytest.raises(ValueError, match=r"n_subsets=1\): expected an int >= 2, got 1\. Pass "
+                                         r"e\.g\. n_subsets=100\.$"):
         sensitivity_n(linear_fn, x, 0, a, params=params, n_subsets=1)
     with pytest.raises(ValueError, match=r"infidelity\(attribution=\(2, 4, 4\)\): expected an "
-                                         r"attribution of the input's shape"):
+                                         r"attribution of the input's shape.*Pass the "
+                                         r"attribution before pooling over channels\.$"):
         infidelity(linear_fn, x, 0, a.sum(1), params=params)
-    with pytest.raises(ValueError, match=r"perturbation='salt'\): expected 'gaussian'"):
+    with pytest.raises(ValueError, match=r"perturbation='salt'\): expected 'gaussian'.*Pass "
+                                         r"e\.g\. perturbation='gaussian'\.$"):
         infidelity(linear_fn, x, 0, a, params=params, perturbation="salt")
-    with pytest.raises(ValueError, match=r"noise_level=0\): expected a positive std"):
+    with pytest.raises(ValueError, match=r"noise_level=0\): expected a positive std, got 0\. "
+                                         r"Pass e\.g\. noise_level=0\.1\.$"):
         infidelity(linear_fn, x, 0, a, params=params, noise_level=0)
-    with pytest.raises(ValueError, match=r"patch_size=9\): expected an int in \[1, 4\]"):
+    with pytest.raises(ValueError, match=r"patch_size=9\): expected an int in \[1, 4\].*Pass a "
+                                         r"smaller patch_size\.$"):
         infidelity(linear_fn, x, 0, a, params=params, perturbation="square", patch_size=9)
-    with pytest.raises(ValueError, match=r"perturbation=\.\.\.\): expected perturbation\(x, "
-                                         r"generator\) to return"):
+    with pytest.raises(ValueError, match=r"perturbation=\.\.\.\): expected perturbation\(input, "
+                                         r"generator\) to return.*Return one perturbation"):
         infidelity(linear_fn, x, 0, a, params=params, perturbation=lambda v, g: v[0])
 
 

@@ -17,7 +17,7 @@ from funcattr.metrics import (
     randomise_params,
     sensitivities,
 )
-from funcattr.metrics._common import pearson, spearman, ssim
+from funcattr.metrics.similarity import pearson, spearman, ssim
 
 
 def small_cnn(seed=0):
@@ -131,18 +131,23 @@ def test_robustness_errors():
         return x
 
     x = torch.rand(2, 4)
-    with pytest.raises(ValueError, match=r"max_sensitivity\(radius=0\): expected a positive"):
+    with pytest.raises(ValueError, match=r"max_sensitivity\(radius=0\): expected a positive "
+                                         r"number, got 0\. Pass e\.g\. radius=0\.1\.$"):
         max_sensitivity(explain, x, 0, radius=0)
-    with pytest.raises(ValueError, match=r"avg_sensitivity\(n_samples=0\): expected an int >= 1"):
+    with pytest.raises(ValueError, match=r"avg_sensitivity\(n_samples=0\): expected an int >= "
+                                         r"1, got 0\. Pass e\.g\. n_samples=20\.$"):
         avg_sensitivity(explain, x, 0, n_samples=0)
     with pytest.raises(ValueError, match=r"max_sensitivity\(perturbation=\.\.\.\): expected "
-                                         r"perturbation\(x, generator\) to return a tensor"):
+                                         r"perturbation\(input, generator\) to return a "
+                                         r"tensor.*Return one perturbation per element"):
         max_sensitivity(explain, x, 0, perturbation=lambda v, g: v[:1])
     with pytest.raises(ValueError, match=r"max_sensitivity\(explain=\.\.\.\): expected "
-                                         r"explain\(x, target\) to return an attribution"):
+                                         r"explain\(input, target\) to return an attribution"
+                                         r".*Return one attribution per sample"):
         max_sensitivity(lambda v, t: v[0], x, 0)
     with pytest.raises(ValueError, match=r"max_sensitivity\(attribution=\.\.\.\): expected one "
-                                         r"attribution per sample"):
+                                         r"attribution per sample \(2\), got \(1, 4\)\. Pass "
+                                         r"explain\(input, target\), or None"):
         max_sensitivity(explain, x, 0, attribution=x[:1])
 
 
@@ -240,15 +245,21 @@ def test_mprt_errors():
     def plain(inputs, target):
         return inputs
 
-    with pytest.raises(TypeError, match=r"expected explain\(x, target, params=\.\.\.\)"):
+    with pytest.raises(TypeError, match=r"expected explain\(input, target, params=\.\.\.\).*"
+                                        r"Build it with funcattr\.metrics\.explainer"):
         model_parameter_randomisation(plain, x, 0)
-    with pytest.raises(TypeError, match=r"params=None\): expected the parameter dict"):
+    with pytest.raises(TypeError, match=r"params=None\): expected the parameter dict.*Pass "
+                                        r"params=\.\.\.$"):
         model_parameter_randomisation(lambda v, t, params=None: v, x, 0)
-    with pytest.raises(ValueError, match=r"layers=\['fc'\]\): expected names of modules"):
+    with pytest.raises(ValueError, match=r"layers=\['fc'\]\): expected names of modules.*Pass "
+                                         r"names from that list, or layers=None"):
         model_parameter_randomisation(explainer(model), x, 0, layers=["fc"])
-    with pytest.raises(ValueError, match=r"similarity=.hog.\): expected one of"):
+    # the argument is similarity_measure (the message used to call it similarity)
+    with pytest.raises(ValueError, match=r"similarity_measure=.hog.\): expected one of.*Pass "
+                                         r"e\.g\. similarity_measure='spearman'\.$"):
         model_parameter_randomisation(explainer(model), x, 0, similarity_measure="hog")
-    with pytest.raises(ValueError, match=r"similarity='ssim'\): SSIM needs 2-D maps"):
+    with pytest.raises(ValueError, match=r"similarity_measure='ssim'\): SSIM needs 2-D maps.*"
+                                         r"Use similarity_measure='spearman'\.$"):
         random_logit(explainer(nn.Linear(4, 3)), torch.rand(2, 4), 0, num_classes=3)
 
 
@@ -275,12 +286,14 @@ def test_random_logit_hand_computed_linear_model():
 def test_random_logit_errors():
     explain = explainer(nn.Linear(4, 3))
     x = torch.rand(2, 4)
-    with pytest.raises(ValueError, match=r"random_logit\(num_classes=1\): expected an int >= 2"):
+    with pytest.raises(ValueError, match=r"random_logit\(num_classes=1\): expected an int >= 2, "
+                                         r"got 1\. Pass e\.g\. num_classes=10\.$"):
         random_logit(explain, x, 0, num_classes=1)
     with pytest.raises(ValueError, match=r"random_logit\(target=\.\.\.\): expected classes in "
-                                         r"\[0, 2\]"):
+                                         r"\[0, 2\].*Pass the model's number of classes"):
         random_logit(explain, x, 3, num_classes=3)
-    with pytest.raises(ValueError, match=r"off_target=\.\.\.\): expected classes other than"):
+    with pytest.raises(ValueError, match=r"off_target=\.\.\.\): expected classes other than.*"
+                                         r"Pass off_target=None to draw them\.$"):
         random_logit(explain, x, 0, num_classes=3, off_target=[0, 1])
 
 

@@ -1,10 +1,16 @@
 """Evaluation of explanations, batched and seeded: faithfulness, localisation, robustness,
 randomisation and per-layer conservation.
 
-Every metric takes plain tensors and a model (``nn.Module`` or pure ``fn(params, x)``) or an
-``explain(x, target) -> attribution`` callable (:func:`explainer` builds one from funcattr's
-attributors). Perturbed inputs are stacked into batches of ``chunk_size`` through the model;
-randomness comes from an explicit ``torch.Generator`` (or int seed), so results repeat.
+Every metric takes plain tensors and a model (``nn.Module`` or pure ``fn(params, input)``) or
+an ``explain(input, target) -> attribution`` callable (:func:`explainer` builds one from
+funcattr's attributors). Perturbed inputs are stacked into batches of ``chunk_size`` model
+inputs; randomness comes from ``generator`` (an int seed repeats its draws on every call;
+``None`` draws from torch's global generator). :data:`METRICS` lists the registered metrics
+(:mod:`funcattr.metrics.registry`: one spec per metric, which :func:`evaluate` reads).
+
+Modules: ``faithfulness``, ``localisation``, ``robustness``, ``randomisation``, ``axiomatic``
+(the metrics), ``explainer``, ``similarity``, ``inputs``, ``regions``, ``scores`` (their
+shared pieces), ``registry`` and ``evaluate``.
 
 References
 ----------
@@ -32,21 +38,14 @@ AI, LNCS 11700, 2019.
 similarity, IEEE TIP 13(4), 2004.
 """
 
-from funcattr.metrics._common import Explainer, explainer
 from funcattr.metrics.axiomatic import (
     ConservationReport,
     LayerConservation,
     completeness,
     conservation,
 )
-from funcattr.metrics.evaluate import (
-    DEFAULT_METRICS,
-    METRICS,
-    EvaluationTable,
-    evaluate,
-    plot_pixel_flipping,
-    write_table,
-)
+from funcattr.metrics.evaluate import EvaluationTable, evaluate, plot_pixel_flipping, write_table
+from funcattr.metrics.explainer import Explainer, explainer
 from funcattr.metrics.faithfulness import (
     PerturbationCurves,
     infidelity,
@@ -66,6 +65,13 @@ from funcattr.metrics.randomisation import (
     random_logit,
     randomise_params,
 )
+from funcattr.metrics.registry import (
+    DEFAULT_METRICS,
+    METRICS,
+    MetricCase,
+    MetricSpec,
+    register_metric,
+)
 from funcattr.metrics.robustness import avg_sensitivity, max_sensitivity, sensitivities
 
 __all__ = [
@@ -75,6 +81,8 @@ __all__ = [
     "EvaluationTable",
     "Explainer",
     "LayerConservation",
+    "MetricCase",
+    "MetricSpec",
     "PerturbationCurves",
     "RandomisationResult",
     "avg_sensitivity",
@@ -92,6 +100,7 @@ __all__ = [
     "random_logit",
     "randomise_params",
     "region_perturbation",
+    "register_metric",
     "relevance_mass_accuracy",
     "relevance_rank_accuracy",
     "sensitivities",

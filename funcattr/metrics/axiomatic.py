@@ -21,14 +21,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from funcattr.metrics._common import (
-    Params,
-    as_model,
-    check_input,
-    check_target,
-    class_scores,
-    pool_attribution,
-)
+from funcattr.attribution.targets import check_target, one_hot
+from funcattr.functional import FunctionalModel, functionalize
+from funcattr.metrics.inputs import check_input, pool_attribution
+from funcattr.metrics.scores import Params, as_model, class_scores
 
 __all__ = ["ConservationReport", "LayerConservation", "completeness", "conservation"]
 
@@ -37,7 +33,7 @@ _HOOK_REGISTRIES = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with
                     "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs")
 
 
-def completeness(model: Any, x: Tensor, target: Any, attribution: Tensor, *,
+def completeness(model: Any, input: Tensor, target: Any, attribution: Tensor, *,
                  params: Params | None = None, baseline: float | Tensor | None = 0.0,
                  softmax: bool = False) -> Tensor:
     """Completeness / conservation residual: ``sum_i R_i - (f_c(x) - f_c(baseline))``.
@@ -54,13 +50,13 @@ def completeness(model: Any, x: Tensor, target: Any, attribution: Tensor, *,
     """
     owner = "completeness"
     fn, params = as_model(model, params, owner)
-    x = check_input(x, owner)
-    target = check_target(target, x.shape[0], owner)
-    pooled = pool_attribution(attribution, x, owner)
+    input = check_input(input, owner)
+    target = check_target(target, input.shape[0], owner)
+    pooled = pool_attribution(attribution, input, owner)
     total = pooled.reshape(pooled.shape[0], -1).sum(dim=1)
-    score = class_scores(fn, params, x, target, softmax)
+    score = class_scores(fn, params, input, target, softmax)
     if baseline is not None:
-        base = torch.as_tensor(baseline, dtype=x.dtype, device=x.device).expand_as(x)
+        base = torch.as_tensor(baseline, dtype=input.dtype, device=input.device).expand_as(input)
         score = score - class_scores(fn, params, base.contiguous(), target, softmax)
     return total - score
 
@@ -130,8 +126,6 @@ class ConservationReport:
 
 
 def _resolve(model: Any, composite: Any, canonizers: Any, params: Params | None):
-    from funcattr.functional import FunctionalModel, functionalize
-
     owner = "conservation"
     if isinstance(model, nn.Module):
         fn, own = functionalize(model, composite, canonizers)
@@ -139,21 +133,26 @@ def _resolve(model: Any, composite: Any, canonizers: Any, params: Params | None)
     if isinstance(model, FunctionalModel):
         if composite is not None or canonizers is not None:
             raise ValueError(
-                f"{owner}(composite=...): the functionalized model already has its rules; pass "
-                f"the nn.Module to apply a composite here."
+                f"{owner}(composite=...): the functionalized model already has its rules; "
+                f"expected composite=None with it, got a composite. Pass the nn.Module to apply "
+                f"a composite here."
             )
         if params is None:
-            raise TypeError(f"{owner}(params=None): a functionalized fn needs params=...")
+            raise TypeError(
+                f"{owner}(params=None): a functionalized fn needs params; expected its params "
+                f"dict, got None. Pass params=... (from funcattr.functionalize)."
+            )
         return model, dict(params)
     raise TypeError(
         f"{owner}(model={type(model).__name__}): expected an nn.Module (with composite=...) "
-        f"or the fn of funcattr.functionalize; a plain function has no layers to inspect."
+        f"or the fn of funcattr.functionalize, got {type(model).__name__}; a plain function "
+        f"has no layers to inspect. Pass the nn.Module."
     )
 
 
 def conservation(
     model: Any,
-    x: Tensor,
+    input: Tensor,
     target: Any,
     *,
     composite: Any = None,
@@ -177,7 +176,7 @@ def conservation(
     model : nn.Module or FunctionalModel
         An ``nn.Module`` (with ``composite``/``canonizers``; never changed) or the ``fn`` of
         :func:`funcattr.functionalize` with ``params``.
-    x : Tensor
+    input : Tensor
         Inputs, batch first.
     target : int, sequence or Tensor
         The explained class(es).
@@ -199,12 +198,10 @@ def conservation(
     --------
     >>> print(conservation(model, x, y, composite="epsilon_plus"))  # doctest: +SKIP
     """
-    from funcattr.attribution import one_hot
-
     owner = "conservation"
     fn, params = _resolve(model, composite, canonizers, params)
-    x = check_input(x, owner)
-    target = check_target(target, x.shape[0], owner)
+    input = check_input(input, owner)
+    target = check_target(target, input.shape[0], owner)
     tree = fn.module_tree()  # private copy: hooks never reach the model
     modules = dict(tree.named_modules())
     names = [name for name, module in modules.items()
@@ -257,10 +254,10 @@ def conservation(
             handles.append(modules[name].register_forward_pre_hook(pre_hook))
             handles.append(modules[name].register_forward_hook(post_hook))
         with torch.no_grad():
-            run(x)
-        zeros_in = [[x.new_zeros(shape) for shape in shapes] for _, shapes, _ in calls]
-        zeros_out = [x.new_zeros(shape if shape is not None else ()) for _, _, shape in calls]
-        output, vjp_fn = torch.func.vjp(run, x, zeros_in, zeros_out)
+            run(input)
+        zeros_in = [[input.new_zeros(shape) for shape in shapes] for _, shapes, _ in calls]
+        zeros_out = [input.new_zeros(shape if shape is not None else ()) for _, _, shape in calls]
+        output, vjp_fn = torch.func.vjp(run, input, zeros_in, zeros_out)
         seed = one_hot(target, times_output=times_output)(output.detach())
         grad_x, grad_in, grad_out = vjp_fn(seed)
     finally:
@@ -272,14 +269,14 @@ def conservation(
     for (name, _, out_shape), g_in, g_out in zip(calls, grad_in, grad_out):
         counts[name] = counts.get(name, 0) + 1
         label = name if counts[name] == 1 else f"{name}#{counts[name]}"
-        batch = x.shape[0]
+        batch = input.shape[0]
         rin = sum((g.reshape(batch, -1).sum(1) for g in g_in if g.ndim and g.shape[0] == batch),
-                  start=x.new_zeros(batch))
-        rout = g_out.reshape(batch, -1).sum(1) if out_shape is not None else x.new_full(
+                  start=input.new_zeros(batch))
+        rout = g_out.reshape(batch, -1).sum(1) if out_shape is not None else input.new_full(
             (batch,), float("nan"))
         rule = fn.rules.get(name)
         layers.append(LayerConservation(label, type(modules[name]).__name__,
                                         repr(rule) if rule is not None else "-", rin, rout))
-    output_relevance = seed.reshape(x.shape[0], -1).sum(1)
-    input_relevance = grad_x.reshape(x.shape[0], -1).sum(1)
+    output_relevance = seed.reshape(input.shape[0], -1).sum(1)
+    input_relevance = grad_x.reshape(input.shape[0], -1).sum(1)
     return ConservationReport(tuple(layers), output_relevance, input_relevance)

@@ -8,7 +8,6 @@ per attributor), so differences between rows are not sampling noise of different
 from __future__ import annotations
 
 import csv
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,58 +16,22 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from funcattr.metrics._common import (
-    as_model,
-    check_chunk_size,
-    check_input,
-    check_target,
-    chunked_explain,
-    image_view,
-    make_generator,
+from funcattr.attribution.options import check_chunk_size, make_generator
+from funcattr.attribution.targets import check_target
+from funcattr.metrics.explainer import chunked_explain
+from funcattr.metrics.faithfulness import PerturbationCurves
+from funcattr.metrics.inputs import check_input
+from funcattr.metrics.registry import (
+    DEFAULT_METRICS,
+    METRIC_SPECS,
+    METRICS,
+    MetricCase,
+    get_metric,
 )
-from funcattr.metrics.axiomatic import completeness
-from funcattr.metrics.faithfulness import (
-    PerturbationCurves,
-    infidelity,
-    pixel_flipping,
-    region_perturbation,
-    sensitivity_n,
-)
-from funcattr.metrics.localisation import (
-    pointing_game,
-    relevance_mass_accuracy,
-    relevance_rank_accuracy,
-)
-from funcattr.metrics.randomisation import model_parameter_randomisation, random_logit
-from funcattr.metrics.robustness import avg_sensitivity, max_sensitivity
+from funcattr.metrics.scores import as_model
 
 __all__ = ["DEFAULT_METRICS", "METRICS", "EvaluationTable", "evaluate", "plot_pixel_flipping",
            "write_table"]
-
-#: Metric name -> its columns and whether higher (True) or lower (False) is better.
-METRICS: dict[str, dict[str, bool]] = {
-    "pixel_flipping": {"pixel_flipping_morf_auc": False, "pixel_flipping_lerf_auc": True,
-                       "pixel_flipping_difference": True},
-    "region_perturbation": {"region_perturbation_morf_auc": False,
-                            "region_perturbation_lerf_auc": True,
-                            "region_perturbation_difference": True},
-    "sensitivity_n": {"sensitivity_n": True},
-    "infidelity": {"infidelity": False},
-    "max_sensitivity": {"max_sensitivity": False},
-    "avg_sensitivity": {"avg_sensitivity": False},
-    "relevance_mass_accuracy": {"relevance_mass_accuracy": True},
-    "relevance_rank_accuracy": {"relevance_rank_accuracy": True},
-    "pointing_game": {"pointing_game": True},
-    "random_logit": {"random_logit": False},
-    "model_parameter_randomisation": {"model_parameter_randomisation": False},
-    "completeness": {"completeness_abs_residual": False},
-}
-#: The metrics ``evaluate`` runs when none are named.
-DEFAULT_METRICS: tuple[str, ...] = (
-    "pixel_flipping", "region_perturbation", "max_sensitivity", "relevance_mass_accuracy",
-    "relevance_rank_accuracy", "pointing_game", "random_logit",
-)
-_LOCALISATION = ("relevance_mass_accuracy", "relevance_rank_accuracy", "pointing_game")
 
 
 @dataclass(frozen=True)
@@ -121,14 +84,10 @@ class EvaluationTable:
         return self.to_markdown()
 
 
-def _divisor_near(spatial: Sequence[int], want: int) -> int:
-    return max(d for d in range(1, want + 1) if all(s % d == 0 for s in spatial))
-
-
 def evaluate(
     model: Any,
-    images: Tensor,
-    labels: Any,
+    input: Tensor,
+    target: Any,
     masks: Tensor | None,
     attributors: Mapping[str, Callable],
     metrics: Sequence[str] = DEFAULT_METRICS,
@@ -143,26 +102,26 @@ def evaluate(
 
     Parameters
     ----------
-    model : nn.Module or fn(params, x)
+    model : nn.Module or fn(params, input)
         The classifier (never changed).
-    images : Tensor
+    input : Tensor
         ``(batch, channels, H, W)`` (or any input the metrics accept).
-    labels : Tensor
+    target : Tensor
         The explained class per sample, ``(batch,)``.
     masks : Tensor or None
         Ground-truth object masks ``(batch, H, W)`` for the localisation metrics.
     attributors : dict of str to callable
-        ``name -> explain(x, target) -> attribution``; for
+        ``name -> explain(input, target) -> attribution``; for
         ``"model_parameter_randomisation"`` it must accept ``params=`` (e.g.
         :func:`funcattr.metrics.explainer`).
     metrics : sequence of str
         Names from :data:`METRICS`; default :data:`DEFAULT_METRICS`.
     params : dict, optional
-        Parameters of a pure ``fn`` model.
+        Parameters of a pure ``fn``.
     seed : int
         Seed of every metric's generator (the same draws for every attributor).
     chunk_size : int, optional
-        Inputs per model / ``explain`` call.
+        Model inputs per model / ``explain`` call.
     num_classes : int, optional
         For ``random_logit``; read from the model's output by default.
     options : dict of str to dict, optional
@@ -178,105 +137,71 @@ def evaluate(
         :func:`plot_pixel_flipping` the curves.
     """
     owner = "evaluate"
-    images = check_input(images, owner, "images")
-    labels = check_target(labels, images.shape[0], owner)
+    input = check_input(input, owner)
+    target = check_target(target, input.shape[0], owner)
     check_chunk_size(chunk_size, owner)
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"{owner}(seed={seed!r}): expected an int.")
+        raise TypeError(
+            f"{owner}(seed={seed!r}): expected an int, got {type(seed).__name__}. Pass e.g. "
+            f"seed=0."
+        )
     if not isinstance(attributors, Mapping) or not attributors:
         raise TypeError(
             f"{owner}(attributors={type(attributors).__name__}): expected a non-empty dict "
-            f"name -> explain(x, target)."
+            f"name -> explain(input, target), got {attributors!r}. Pass e.g. "
+            f"attributors={{'gradient': explainer(model)}}."
         )
     for name, explain in attributors.items():
         if not callable(explain):
-            raise TypeError(f"{owner}(attributors[{name!r}]={explain!r}): expected a callable.")
+            raise TypeError(
+                f"{owner}(attributors[{name!r}]={explain!r}): expected a callable, got "
+                f"{type(explain).__name__}. Pass explain(input, target), e.g. from explainer."
+            )
     metrics = tuple(metrics)
-    unknown = [m for m in metrics if m not in METRICS]
+    unknown = [m for m in metrics if m not in METRIC_SPECS]
     if unknown or not metrics:
         raise ValueError(
             f"{owner}(metrics={unknown or list(metrics)!r}): expected names from "
-            f"{list(METRICS)}."
+            f"{list(METRIC_SPECS)}, got {'unknown ones' if unknown else 'none'}. Pass "
+            f"registered metric names."
         )
+    specs = [get_metric(m, owner) for m in metrics]
     options = dict(options or {})
     for key in options:
         if key not in metrics:
             raise ValueError(
                 f"{owner}(options={{{key!r}: ...}}): expected options for the requested metrics "
-                f"{list(metrics)}."
+                f"{list(metrics)}, got options for {key!r}. Add {key!r} to metrics or drop its "
+                f"options."
             )
-    if masks is None and any(m in _LOCALISATION for m in metrics):
+    localisation = [spec.name for spec in specs if spec.needs_masks]
+    if masks is None and localisation:
         raise ValueError(
-            f"{owner}(masks=None): the localisation metrics "
-            f"{[m for m in metrics if m in _LOCALISATION]} need ground-truth masks. Pass masks "
-            f"or leave these metrics out."
+            f"{owner}(masks=None): the localisation metrics {localisation} need ground-truth "
+            f"masks; expected masks, got None. Pass masks or leave these metrics out."
         )
     fn, params = as_model(model, params, owner)
-    spatial = image_view(images).shape[2:]
     if num_classes is None and "random_logit" in metrics:
         with torch.no_grad():
-            num_classes = int(fn(params, images[:1]).shape[1])
+            num_classes = int(fn(params, input[:1]).shape[1])
 
-    defaults: dict[str, dict[str, Any]] = {
-        "pixel_flipping": {"regions_per_step": max(1, math.ceil(math.prod(spatial) / 32))},
-        "region_perturbation": {"patch_size": _divisor_near(spatial, 8)},
-        "max_sensitivity": {"n_samples": 10, "radius": 0.1},
-        "avg_sensitivity": {"n_samples": 10, "radius": 0.1},
-        "sensitivity_n": {"n_subsets": 32},
-        "infidelity": {"n_samples": 32},
-        "random_logit": {"num_classes": num_classes},
-    }
-
-    def settings(metric: str) -> dict[str, Any]:
-        return {**defaults.get(metric, {}), **options.get(metric, {})}
-
-    columns: list[str] = [c for m in metrics for c in METRICS[m]]
+    columns = tuple(c for spec in specs for c in spec.columns)
     values: dict[str, dict[str, Tensor]] = {}
     curves: dict[str, dict[str, PerturbationCurves]] = {}
     for name, explain in attributors.items():
-        attribution = chunked_explain(explain, images, labels, chunk_size, owner)
+        attribution = chunked_explain(explain, input, target, chunk_size, owner)
         row: dict[str, Tensor] = {}
-        for metric in metrics:
-            generator = make_generator(seed, owner)
-            kwargs = settings(metric)
-            common = {"generator": generator, "chunk_size": chunk_size}
-            if metric in ("pixel_flipping", "region_perturbation"):
-                run = pixel_flipping if metric == "pixel_flipping" else region_perturbation
-                result = run(fn, images, labels, attribution, params=params, **common, **kwargs)
-                curves.setdefault(metric, {})[name] = result
-                row[f"{metric}_morf_auc"] = result.auc("morf")
-                row[f"{metric}_lerf_auc"] = result.auc("lerf")
-                row[f"{metric}_difference"] = result.difference
-            elif metric == "sensitivity_n":
-                _, correlation = sensitivity_n(fn, images, labels, attribution, params=params,
-                                               **common, **kwargs)
-                row[metric] = correlation.mean(dim=1)
-            elif metric == "infidelity":
-                row[metric] = infidelity(fn, images, labels, attribution, params=params,
-                                         **common, **kwargs)
-            elif metric in ("max_sensitivity", "avg_sensitivity"):
-                run = max_sensitivity if metric == "max_sensitivity" else avg_sensitivity
-                row[metric] = run(explain, images, labels, attribution=attribution, **common,
-                                  **kwargs)
-            elif metric in _LOCALISATION:
-                run = {"relevance_mass_accuracy": relevance_mass_accuracy,
-                       "relevance_rank_accuracy": relevance_rank_accuracy,
-                       "pointing_game": pointing_game}[metric]
-                row[metric] = run(attribution, masks, **kwargs)
-            elif metric == "random_logit":
-                row[metric] = random_logit(explain, images, labels, attribution=attribution,
-                                           **common, **kwargs)
-            elif metric == "model_parameter_randomisation":
-                result = model_parameter_randomisation(explain, images, labels,
-                                                       attribution=attribution, **common,
-                                                       **kwargs)
-                row[metric] = result.similarity.mean(dim=0)
-            elif metric == "completeness":
-                residual = completeness(fn, images, labels, attribution, params=params, **kwargs)
-                row["completeness_abs_residual"] = residual.abs()
+        for spec in specs:
+            # a fresh generator per metric and method: every method sees the same draws
+            case = MetricCase(fn, params, input, target, attribution, explain, masks,
+                              make_generator(seed, owner), chunk_size, num_classes)
+            result = spec.run(case, **spec.options_for(case, options.get(spec.name, {})))
+            row.update(spec.columns_of(result))
+            if spec.curves:
+                curves.setdefault(spec.name, {})[name] = result
         values[name] = row
-    higher = {c: better for m in metrics for c, better in METRICS[m].items()}
-    return EvaluationTable(tuple(attributors), tuple(columns), values, higher, curves)
+    higher = {c: better for spec in specs for c, better in spec.columns.items()}
+    return EvaluationTable(tuple(attributors), columns, values, higher, curves)
 
 
 def write_table(table: EvaluationTable, path_csv: str | Path | None = None,
@@ -288,10 +213,13 @@ def write_table(table: EvaluationTable, path_csv: str | Path | None = None,
     if not isinstance(table, EvaluationTable):
         raise TypeError(
             f"write_table(table={type(table).__name__}): expected the EvaluationTable returned "
-            f"by evaluate."
+            f"by evaluate, got {type(table).__name__}. Pass table = evaluate(...)."
         )
     if path_csv is None and path_md is None:
-        raise ValueError("write_table(path_csv=None, path_md=None): expected at least one path.")
+        raise ValueError(
+            "write_table(path_csv=None, path_md=None): expected at least one path, got none. "
+            "Pass path_csv=... or path_md=...."
+        )
     if path_csv is not None:
         with open(path_csv, "w", newline="", encoding="utf-8") as file:
             writer = csv.DictWriter(file, fieldnames=["attributor", *table.columns])
@@ -323,16 +251,17 @@ def plot_pixel_flipping(curves: EvaluationTable | Mapping[str, PerturbationCurve
         if metric not in curves.curves:
             raise ValueError(
                 f"plot_pixel_flipping(metric={metric!r}): the table has no curves for it; "
-                f"evaluate computed {list(curves.curves) or 'none'}. Include {metric!r} in "
-                f"evaluate(metrics=...)."
+                f"expected one of the curves evaluate computed, got "
+                f"{list(curves.curves) or 'none'}. Include {metric!r} in evaluate(metrics=...)."
             )
         curves = curves.curves[metric]
     if not isinstance(curves, Mapping) or not curves or not all(
         isinstance(c, PerturbationCurves) for c in curves.values()
     ):
         raise TypeError(
-            "plot_pixel_flipping(curves=...): expected an EvaluationTable or a non-empty dict "
-            "name -> PerturbationCurves."
+            f"plot_pixel_flipping(curves=...): expected an EvaluationTable or a non-empty dict "
+            f"name -> PerturbationCurves, got {type(curves).__name__}. Pass the table of "
+            f"evaluate(..., metrics=['pixel_flipping'])."
         )
     from matplotlib.figure import Figure  # no pyplot: no global backend state, no display
 

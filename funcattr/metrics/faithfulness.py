@@ -20,28 +20,25 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from funcattr.attribution import fast_layout
-from funcattr.metrics._common import (
-    Fill,
-    Params,
-    as_model,
+from funcattr.attribution.layout import fast_layout
+from funcattr.attribution.options import (
     check_chunk_size,
-    check_input,
-    check_patch_size,
-    check_positive_int,
-    check_target,
-    chunked_scores,
-    class_scores,
-    fill_tensor,
-    image_view,
+    check_int,
+    check_positive_number,
     make_generator,
-    pearson,
-    pool_attribution,
+)
+from funcattr.attribution.targets import check_target
+from funcattr.metrics.inputs import check_input, image_view, pool_attribution, to_input_shape
+from funcattr.metrics.regions import (
+    Fill,
+    check_patch_size,
+    fill_tensor,
     region_index,
     region_relevance,
     select_fill,
-    to_input_shape,
 )
+from funcattr.metrics.scores import Params, as_model, chunked_scores, class_scores
+from funcattr.metrics.similarity import pearson
 
 __all__ = [
     "ORDERS",
@@ -116,8 +113,8 @@ class PerturbationCurves:
         if order not in self.curves:
             raise ValueError(
                 f"PerturbationCurves.auc(order={order!r}): expected one of "
-                f"{tuple(self.curves)}, the orders computed. Pass orders=(..., {order!r}) to "
-                f"the metric."
+                f"{tuple(self.curves)}, the orders computed, got {order!r}. Pass "
+                f"orders=(..., {order!r}) to the metric."
             )
         return self.curves[order]
 
@@ -153,7 +150,10 @@ def _orders(pooled_regions: Tensor, orders: Sequence[str], generator: torch.Gene
             perm = torch.rand(batch, regions, generator=generator).argsort(dim=1).to(
                 pooled_regions.device)
         else:
-            raise ValueError(f"{owner}(orders=...): expected orders from {ORDERS}, got {order!r}.")
+            raise ValueError(
+                f"{owner}(orders=...): expected orders from {ORDERS}, got {order!r}. Pass e.g. "
+                f"orders=('morf', 'lerf')."
+            )
         rank = torch.empty_like(perm)
         rank.scatter_(1, perm, torch.arange(regions, device=perm.device).expand(batch, -1))
         ranks[order] = rank
@@ -162,7 +162,7 @@ def _orders(pooled_regions: Tensor, orders: Sequence[str], generator: torch.Gene
 
 def pixel_flipping(
     model: Any,
-    x: Tensor,
+    input: Tensor,
     target: Any,
     attribution: Tensor,
     *,
@@ -182,8 +182,8 @@ def pixel_flipping(
     ranked by the sum of their relevance and removed (set to ``fill``) cumulatively,
     ``regions_per_step`` at a time, most relevant first (MoRF), least relevant first (LeRF),
     or in random order. The curve records the class score ``f_c(x_k)`` after ``k`` steps:
-    ``x_0 = x``, ``x_k = x`` with the first ``counts[k]`` regions of the order replaced. A good
-    explanation makes the MoRF curve fall fast and the LeRF curve stay high.
+    ``x_0`` is the input, ``x_k`` the input with the first ``counts[k]`` regions of the order
+    replaced. A good explanation makes the MoRF curve fall fast and the LeRF curve stay high.
 
     Bach et al. flip single pixels (``patch_size=1``); Samek et al.'s region perturbation
     removes ``9 x 9`` regions around the most relevant locations with uniform noise; here the
@@ -192,14 +192,14 @@ def pixel_flipping(
 
     Parameters
     ----------
-    model : nn.Module or fn(params, x)
+    model : nn.Module or fn(params, input)
         The classifier; never changed.
-    x : Tensor
+    input : Tensor
         Inputs ``(batch, channels, *spatial)`` or ``(batch, features)``.
     target : int, sequence or Tensor
         The class whose score is followed, one for all or one per sample.
     attribution : Tensor
-        Shaped like ``x`` or one value per location; summed over channels and patches.
+        Shaped like ``input`` or one value per location; summed over channels and patches.
     params : dict, optional
         The parameters of a pure ``fn``.
     patch_size : int
@@ -210,15 +210,17 @@ def pixel_flipping(
         Stop after this many steps (``None``: until every region is removed).
     fill : float, 'mean', 'uniform' or Tensor
         Value of removed features: a constant, the per-channel image mean, uniform noise in
-        the image's value range, or a tensor broadcastable to ``x`` (e.g. a blurred ``x``).
+        the image's value range, or a tensor broadcastable to ``input`` (e.g. a blurred
+        ``input``).
     orders : sequence of str
         Any of ``"morf"``, ``"lerf"``, ``"random"``.
     softmax : bool
         Follow the softmax probability instead of the logit.
-    generator : torch.Generator or int, optional
-        Randomness for ``"random"`` order and ``fill="uniform"``.
+    generator : torch.Generator, int or None
+        Randomness for ``"random"`` order and ``fill="uniform"``: a generator, an int seed
+        (the same draws on every call) or ``None`` (torch's global generator).
     chunk_size : int, optional
-        Perturbed inputs per model call (``None``: all at once).
+        Model inputs (perturbed samples) per model call (``None``: all at once).
 
     Returns
     -------
@@ -233,31 +235,31 @@ def pixel_flipping(
     """
     owner = "pixel_flipping"
     fn, params = as_model(model, params, owner)
-    x = check_input(x, owner)
-    target = check_target(target, x.shape[0], owner)
-    pooled = pool_attribution(attribution, x, owner)
-    view = image_view(x)
+    input = check_input(input, owner)
+    target = check_target(target, input.shape[0], owner)
+    pooled = pool_attribution(attribution, input, owner)
+    view = image_view(input)
     batch, _, *spatial = view.shape
     check_patch_size(patch_size, spatial, owner)
-    check_positive_int(regions_per_step, "regions_per_step", owner)
-    if n_steps is not None:
-        check_positive_int(n_steps, "n_steps", owner)
+    check_int(regions_per_step, "regions_per_step", owner, minimum=1, example="8")
+    check_int(n_steps, "n_steps", owner, minimum=1, example="32", optional=True)
     check_chunk_size(chunk_size, owner)
     orders = tuple(orders)
     if not orders or len(set(orders)) != len(orders):
         raise ValueError(
-            f"{owner}(orders={orders!r}): expected distinct orders from {ORDERS}."
+            f"{owner}(orders={orders!r}): expected distinct orders from {ORDERS}, got "
+            f"{orders!r}. Pass e.g. orders=('morf', 'lerf')."
         )
     generator = make_generator(generator, owner)
-    locations, regions = region_index(spatial, patch_size, device=x.device)
+    locations, regions = region_index(spatial, patch_size, device=input.device)
     ranks = _orders(region_relevance(pooled, locations, regions), orders, generator, owner)
-    fill_values = fill_tensor(fill, x, generator, owner)
-    counts = _step_counts(regions, regions_per_step, n_steps).to(x.device)
+    fill_values = fill_tensor(fill, input, generator, owner)
+    counts = _step_counts(regions, regions_per_step, n_steps).to(input.device)
     points = counts.numel()
 
     # Column 0 (nothing removed) is shared by every order, and so is a last step that
     # removes everything; each is computed once.
-    reference = class_scores(fn, params, x, target, softmax)
+    reference = class_scores(fn, params, input, target, softmax)
     last_shared = bool(counts[-1] == regions) and points > 1
     steps = counts[1:-1] if last_shared else counts[1:]
     fast = fast_layout(view)
@@ -272,7 +274,7 @@ def pixel_flipping(
             removed = rank_at[sample] < run[step][:, None]
             removed = removed.view(-1, 1, *spatial)
             inputs = torch.where(removed, select_fill(fill_values, sample), fast[sample])
-            return to_input_shape(inputs, x), target[sample]
+            return to_input_shape(inputs, input), target[sample]
 
         scores = chunked_scores(fn, params, run.numel() * batch, make, chunk_size, softmax)
         scores = scores.view(run.numel(), batch).T
@@ -285,13 +287,13 @@ def pixel_flipping(
     return PerturbationCurves(curves, counts, regions, patch_size, orders)
 
 
-def region_perturbation(model: Any, x: Tensor, target: Any, attribution: Tensor, *,
+def region_perturbation(model: Any, input: Tensor, target: Any, attribution: Tensor, *,
                         patch_size: int = 8, **options: Any) -> PerturbationCurves:
     """Region perturbation [samek2017]: :func:`pixel_flipping` with ``patch_size`` regions.
 
     Same parameters and result as :func:`pixel_flipping`, with ``patch_size=8`` by default.
     """
-    return pixel_flipping(model, x, target, attribution, patch_size=patch_size, **options)
+    return pixel_flipping(model, input, target, attribution, patch_size=patch_size, **options)
 
 
 def _subset_masks(batch: int, n_subsets: int, regions: int, n: int,
@@ -305,7 +307,7 @@ def _subset_masks(batch: int, n_subsets: int, regions: int, n: int,
 
 def sensitivity_n(
     model: Any,
-    x: Tensor,
+    input: Tensor,
     target: Any,
     attribution: Tensor,
     *,
@@ -345,16 +347,16 @@ def sensitivity_n(
     """
     owner = "sensitivity_n"
     fn, params = as_model(model, params, owner)
-    x = check_input(x, owner)
-    target = check_target(target, x.shape[0], owner)
-    pooled = pool_attribution(attribution, x, owner)
-    view = image_view(x)
+    input = check_input(input, owner)
+    target = check_target(target, input.shape[0], owner)
+    pooled = pool_attribution(attribution, input, owner)
+    view = image_view(input)
     batch, _, *spatial = view.shape
     check_patch_size(patch_size, spatial, owner)
-    check_positive_int(n_subsets, "n_subsets", owner, minimum=2)
+    check_int(n_subsets, "n_subsets", owner, minimum=2, example="100")
     check_chunk_size(chunk_size, owner)
     generator = make_generator(generator, owner)
-    locations, regions = region_index(spatial, patch_size, device=x.device)
+    locations, regions = region_index(spatial, patch_size, device=input.device)
     if ns is None:
         top = max(1, int(0.8 * regions))
         ns = sorted({round(v) for v in torch.logspace(0, torch.log10(torch.tensor(
@@ -364,21 +366,22 @@ def sensitivity_n(
         if not 1 <= n <= regions:
             raise ValueError(
                 f"{owner}(ns={ns!r}): expected cardinalities in [1, {regions}] (the number of "
-                f"regions of patch size {patch_size}), got {n}."
+                f"regions of patch size {patch_size}), got {n}. Pass ns within that range, or "
+                f"ns=None for 10 values spread over it."
             )
     relevance = region_relevance(pooled, locations, regions)
-    fill_values = fill_tensor(fill, x, generator, owner)
-    reference = class_scores(fn, params, x, target, softmax)
+    fill_values = fill_tensor(fill, input, generator, owner)
+    reference = class_scores(fn, params, input, target, softmax)
     fast = fast_layout(view)
-    result = torch.empty(batch, len(ns), dtype=x.dtype, device=x.device)
+    result = torch.empty(batch, len(ns), dtype=input.dtype, device=input.device)
     for column, n in enumerate(ns):
-        masks = _subset_masks(batch, n_subsets, regions, n, generator).to(x.device)
+        masks = _subset_masks(batch, n_subsets, regions, n, generator).to(input.device)
 
         def make(indices: Tensor, masks: Tensor = masks) -> tuple[Tensor, Tensor]:
             sample, subset = indices // n_subsets, indices % n_subsets
             removed = masks[sample, subset][:, locations].view(-1, 1, *spatial)
             inputs = torch.where(removed, select_fill(fill_values, sample), fast[sample])
-            return to_input_shape(inputs, x), target[sample]
+            return to_input_shape(inputs, input), target[sample]
 
         scores = chunked_scores(fn, params, batch * n_subsets, make, chunk_size, softmax)
         delta = reference[:, None] - scores.view(batch, n_subsets)
@@ -389,7 +392,7 @@ def sensitivity_n(
 
 def infidelity(
     model: Any,
-    x: Tensor,
+    input: Tensor,
     target: Any,
     attribution: Tensor,
     *,
@@ -415,7 +418,7 @@ def infidelity(
     perturbation : 'gaussian', 'square' or callable
         ``"gaussian"``: ``I ~ N(0, noise_level^2)`` per element (Yeh et al.'s noisy baseline);
         ``"square"``: a random ``patch_size`` square (all channels) set to ``fill``, i.e.
-        ``I = (x - fill) * square``; or ``perturbation(x, generator) -> I`` for one draw of the
+        ``I = (x - fill) * square``; or ``perturbation(input, generator) -> I`` for one draw of the
         whole batch.
     n_samples : int
         Monte-Carlo draws per sample.
@@ -433,67 +436,68 @@ def infidelity(
     """
     owner = "infidelity"
     fn, params = as_model(model, params, owner)
-    x = check_input(x, owner)
-    target = check_target(target, x.shape[0], owner)
-    if not isinstance(attribution, Tensor) or attribution.shape != x.shape:
+    input = check_input(input, owner)
+    target = check_target(target, input.shape[0], owner)
+    if not isinstance(attribution, Tensor) or attribution.shape != input.shape:
         got = tuple(attribution.shape) if isinstance(attribution, Tensor) else type(
             attribution).__name__
         raise ValueError(
             f"{owner}(attribution={got}): expected an attribution of the input's shape "
-            f"{tuple(x.shape)}; infidelity pairs every input element with its attribution."
+            f"{tuple(input.shape)}, got {got}; infidelity pairs every input element with its "
+            f"attribution. Pass the attribution before pooling over channels."
         )
-    check_positive_int(n_samples, "n_samples", owner)
+    check_int(n_samples, "n_samples", owner, minimum=1, example="64")
     check_chunk_size(chunk_size, owner)
     generator = make_generator(generator, owner)
-    attribution = attribution.detach().to(x.dtype)
-    batch = x.shape[0]
-    draws = _draw_perturbations(x, perturbation, n_samples, noise_level, patch_size, fill,
-                                generator, owner)  # (n_samples, *x.shape)
-    reference = class_scores(fn, params, x, target, softmax)
+    attribution = attribution.detach().to(input.dtype)
+    batch = input.shape[0]
+    draws = _draw_perturbations(input, perturbation, n_samples, noise_level, patch_size, fill,
+                                generator, owner)  # (n_samples, *input.shape)
+    reference = class_scores(fn, params, input, target, softmax)
 
     def make(indices: Tensor) -> tuple[Tensor, Tensor]:
         draw, sample = indices // batch, indices % batch
-        return x[sample] - draws[draw, sample], target[sample]
+        return input[sample] - draws[draw, sample], target[sample]
 
     scores = chunked_scores(fn, params, n_samples * batch, make, chunk_size, softmax)
     delta = reference[None] - scores.view(n_samples, batch)  # (n_samples, batch)
     predicted = (draws * attribution[None]).flatten(2).sum(-1)  # (n_samples, batch)
     if normalize:
         denominator = predicted.square().mean(0)
-        beta = (predicted * delta).mean(0) / denominator.clamp_min(torch.finfo(x.dtype).tiny)
+        beta = (predicted * delta).mean(0) / denominator.clamp_min(torch.finfo(input.dtype).tiny)
         beta = torch.where(denominator > 0, beta, torch.ones_like(beta))
         predicted = predicted * beta
     return (predicted - delta).square().mean(0)
 
 
-def _draw_perturbations(x: Tensor, perturbation: Any, n_samples: int, noise_level: float,
+def _draw_perturbations(input: Tensor, perturbation: Any, n_samples: int, noise_level: float,
                         patch_size: int, fill: Fill, generator: torch.Generator,
                         owner: str) -> Tensor:
     if callable(perturbation):
-        draws = [perturbation(x, generator) for _ in range(n_samples)]
+        draws = [perturbation(input, generator) for _ in range(n_samples)]
         for draw in draws:
-            if not isinstance(draw, Tensor) or draw.shape != x.shape:
+            if not isinstance(draw, Tensor) or draw.shape != input.shape:
+                got = tuple(draw.shape) if isinstance(draw, Tensor) else type(draw).__name__
                 raise ValueError(
-                    f"{owner}(perturbation=...): expected perturbation(x, generator) to return "
-                    f"a tensor of the input's shape {tuple(x.shape)}."
+                    f"{owner}(perturbation=...): expected perturbation(input, generator) to "
+                    f"return a tensor of the input's shape {tuple(input.shape)}, got {got}. "
+                    f"Return one perturbation I per element of the input."
                 )
-        return torch.stack(draws).to(x.dtype)
+        return torch.stack(draws).to(input.dtype)
     if perturbation == "gaussian":
-        if not noise_level > 0:
-            raise ValueError(f"{owner}(noise_level={noise_level!r}): expected a positive std.")
-        noise = torch.randn((n_samples, *x.shape), generator=generator, dtype=x.dtype)
-        return noise.to(x.device) * noise_level
+        check_positive_number(noise_level, "noise_level", owner, example="0.1", what="std")
+        noise = torch.randn((n_samples, *input.shape), generator=generator, dtype=input.dtype)
+        return noise.to(input.device) * noise_level
     if perturbation == "square":
-        view = image_view(x)
+        view = image_view(input)
         batch, _, *spatial = view.shape
-        if isinstance(patch_size, bool) or not isinstance(patch_size, int) or not (
-            1 <= patch_size <= min(spatial)
-        ):
+        check_int(patch_size, "patch_size", owner, minimum=1, example="4")
+        if patch_size > min(spatial):
             raise ValueError(
                 f"{owner}(patch_size={patch_size!r}): expected an int in [1, {min(spatial)}] "
-                f"(the smallest spatial size)."
+                f"(the smallest spatial size), got {patch_size}. Pass a smaller patch_size."
             )
-        fill_values = fill_tensor(fill, x, generator, owner)
+        fill_values = fill_tensor(fill, input, generator, owner)
         corner = [torch.randint(0, size - patch_size + 1, (n_samples, batch),
                                 generator=generator) for size in spatial]
         inside = torch.ones((n_samples, batch) + (1,) * len(spatial), dtype=torch.bool)
@@ -503,10 +507,11 @@ def _draw_perturbations(x: Tensor, perturbation: Any, n_samples: int, noise_leve
             position = torch.arange(size).view(1, 1, *shape)
             begin = start.view(n_samples, batch, *([1] * len(spatial)))
             inside = inside & (position >= begin) & (position < begin + patch_size)
-        inside = inside[:, :, None].to(x.device)  # all channels
+        inside = inside[:, :, None].to(input.device)  # all channels
         draws = torch.where(inside, view[None] - fill_values, torch.zeros_like(view[None]))
-        return draws[:, :, 0] if x.ndim == 2 else draws
+        return draws[:, :, 0] if input.ndim == 2 else draws
     raise ValueError(
         f"{owner}(perturbation={perturbation!r}): expected 'gaussian', 'square' or a callable "
-        f"perturbation(x, generator) -> I."
+        f"perturbation(input, generator) -> I, got {perturbation!r}. Pass e.g. "
+        f"perturbation='gaussian'."
     )

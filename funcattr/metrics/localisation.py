@@ -14,19 +14,24 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from funcattr.attribution.options import check_int
+
 __all__ = ["pointing_game", "relevance_mass_accuracy", "relevance_rank_accuracy"]
 
 
 def _check_masks(masks: Any, attribution: Any, owner: str) -> tuple[Tensor, Tensor, tuple]:
     """Flat pooled attribution ``(batch, locations)``, flat boolean masks, spatial shape."""
     if not isinstance(masks, Tensor):
-        raise TypeError(f"{owner}(masks={type(masks).__name__}): expected a tensor.")
+        raise TypeError(
+            f"{owner}(masks={type(masks).__name__}): expected a tensor, got "
+            f"{type(masks).__name__}. Pass torch.as_tensor(masks)."
+        )
     if not isinstance(attribution, Tensor) or attribution.ndim < 2:
         got = tuple(attribution.shape) if isinstance(attribution, Tensor) else type(
             attribution).__name__
         raise ValueError(
             f"{owner}(attribution={got}): expected a batch of attributions "
-            f"(batch, [channels,] *spatial)."
+            f"(batch, [channels,] *spatial), got {got}. Add the batch dimension."
         )
     batch = attribution.shape[0]
     if (masks.ndim >= 3 and masks.shape[1] == 1 and attribution.ndim == masks.ndim
@@ -39,7 +44,8 @@ def _check_masks(masks: Any, attribution: Any, owner: str) -> tuple[Tensor, Tens
         raise ValueError(
             f"{owner}(masks=tensor of shape {tuple(masks.shape)}): expected one mask per sample "
             f"matching the attribution's locations, i.e. (batch, *spatial) for an attribution "
-            f"of shape {tuple(attribution.shape)}. Resize the masks to the input size."
+            f"of shape {tuple(attribution.shape)}, got {tuple(masks.shape)}. Resize the masks to "
+            f"the input size."
         )
     pooled = attribution.detach()
     if tuple(pooled.shape[1:]) != spatial:
@@ -129,8 +135,7 @@ def pointing_game(attribution: Tensor, masks: Tensor, *, tolerance: int = 0) -> 
         ``(batch,)`` of 0.0 / 1.0.
     """
     owner = "pointing_game"
-    if isinstance(tolerance, bool) or not isinstance(tolerance, int) or tolerance < 0:
-        raise ValueError(f"{owner}(tolerance={tolerance!r}): expected an int >= 0 (locations).")
+    check_int(tolerance, "tolerance", owner, minimum=0, example="15")
     pooled, flat_masks, spatial = _check_masks(masks, attribution, owner)
     if tolerance:
         flat_masks = _dilate(flat_masks, spatial, tolerance)
@@ -150,7 +155,7 @@ def _dilate(flat: Tensor, spatial: tuple, radius: int) -> Tensor:
         out = torch.nn.functional.conv2d(grid, kernel[None, None], padding=radius)
     else:
         raise ValueError(
-            f"pointing_game(tolerance={radius}): a tolerance needs 1-D or 2-D masks, got "
-            f"spatial shape {spatial}. Use tolerance=0."
+            f"pointing_game(tolerance={radius}): a tolerance needs 1-D or 2-D masks; expected "
+            f"those, got spatial shape {spatial}. Use tolerance=0."
         )
     return (out > 0.5).reshape(flat.shape[0], -1)

@@ -18,18 +18,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from funcattr.metrics._common import (
-    Params,
-    accepts_params,
-    check_chunk_size,
-    check_input,
-    check_similarity,
-    check_target,
-    chunked_explain,
-    make_generator,
-    pool_attribution,
-    similarity,
-)
+from funcattr.attribution.options import check_chunk_size, check_int, make_generator
+from funcattr.attribution.targets import check_target
+from funcattr.metrics.explainer import accepts_params, chunked_explain
+from funcattr.metrics.inputs import check_input, pool_attribution
+from funcattr.metrics.scores import Params
+from funcattr.metrics.similarity import check_similarity, similarity
 
 __all__ = [
     "RandomisationResult",
@@ -57,12 +51,13 @@ def parameter_layers(params: Mapping[str, Tensor]) -> dict[str, list[str]]:
 
 
 def randomise_params(params: Mapping[str, Tensor], names: Sequence[str],
-                     generator: torch.Generator) -> dict[str, Tensor]:
+                     generator: torch.Generator | None) -> dict[str, Tensor]:
     """A new dict with ``names`` replaced by random tensors; the input dict is unchanged.
 
     Each tensor is redrawn from a normal distribution truncated at two standard deviations,
     with the scale of the original (its root mean square; ``1/sqrt(numel)`` for an all-zero
-    tensor), like Adebayo et al.'s truncated-normal re-initialisation.
+    tensor), like Adebayo et al.'s truncated-normal re-initialisation. The draws come from
+    ``generator`` (None: torch's global generator).
     """
     out = dict(params)
     for name in names:
@@ -99,7 +94,7 @@ class RandomisationResult:
 
 def model_parameter_randomisation(
     explain: Callable,
-    x: Tensor,
+    input: Tensor,
     target: Any,
     *,
     params: Params | None = None,
@@ -120,7 +115,7 @@ def model_parameter_randomisation(
     Parameters
     ----------
     explain : callable
-        ``explain(x, target, params=...) -> attribution``; :func:`funcattr.metrics.explainer`
+        ``explain(input, target, params=...) -> attribution``; :func:`funcattr.metrics.explainer`
         builds one.
     params : dict, optional
         The parameters to randomise (a copy is made); ``explain.params`` by default.
@@ -135,32 +130,36 @@ def model_parameter_randomisation(
     attribution : Tensor, optional
         The original explanation, if already computed.
     generator, chunk_size
-        Randomness of the draws; samples per ``explain`` call.
+        Randomness of the draws (an int seed, a generator, or ``None``: torch's global
+        generator); model inputs (samples) per ``explain`` call.
 
     Returns
     -------
     RandomisationResult
     """
     owner = "model_parameter_randomisation"
-    x = check_input(x, owner)
-    target = check_target(target, x.shape[0], owner)
+    input = check_input(input, owner)
+    target = check_target(target, input.shape[0], owner)
     check_chunk_size(chunk_size, owner)
     check_similarity(similarity_measure, owner)
     if not accepts_params(explain):
         raise TypeError(
-            f"{owner}(explain={explain!r}): expected explain(x, target, params=...) so the "
-            f"randomised parameters can be used. Build it with funcattr.metrics.explainer(model, "
-            f"composite) or add a params keyword."
+            f"{owner}(explain={explain!r}): expected explain(input, target, params=...) so the "
+            f"randomised parameters can be used, got a callable without a params keyword. Build "
+            f"it with funcattr.metrics.explainer(model, composite) or add a params keyword."
         )
     if params is None:
         params = getattr(explain, "params", None)
         if params is None:
             raise TypeError(
-                f"{owner}(params=None): expected the parameter dict to randomise; explain has "
-                f"no .params. Pass params=..."
+                f"{owner}(params=None): expected the parameter dict to randomise, got None and "
+                f"an explain without .params. Pass params=..."
             )
     if isinstance(params, nn.Module):
-        raise TypeError(f"{owner}(params=Module): expected a dict; use funcattr.functionalize.")
+        raise TypeError(
+            f"{owner}(params=Module): expected a dict of tensors, got a Module. Pass the params "
+            f"of funcattr.functionalize(model)."
+        )
     groups = parameter_layers(params)
     if layers is None:
         layers = list(reversed(groups))
@@ -169,26 +168,27 @@ def model_parameter_randomisation(
     if unknown or not layers:
         raise ValueError(
             f"{owner}(layers={unknown or layers!r}): expected names of modules with learned "
-            f"parameters, from {list(groups)}."
+            f"parameters, from {list(groups)}, got {'unknown ones' if unknown else 'none'}. "
+            f"Pass names from that list, or layers=None for all of them."
         )
     generator = make_generator(generator, owner)
     if attribution is None:
-        attribution = chunked_explain(explain, x, target, chunk_size, owner, params)
-    reference = pool_attribution(attribution, x, owner)
+        attribution = chunked_explain(explain, input, target, chunk_size, owner, params)
+    reference = pool_attribution(attribution, input, owner)
     rows = []
     randomised = dict(params)
     for layer in layers:
         base = randomised if cascading else dict(params)
         randomised = randomise_params(base, groups[layer], generator)
-        changed = chunked_explain(explain, x, target, chunk_size, owner, randomised)
+        changed = chunked_explain(explain, input, target, chunk_size, owner, randomised)
         rows.append(similarity(similarity_measure, reference,
-                               pool_attribution(changed, x, owner), owner))
+                               pool_attribution(changed, input, owner), owner))
     return RandomisationResult(tuple(layers), torch.stack(rows))
 
 
 def random_logit(
     explain: Callable,
-    x: Tensor,
+    input: Tensor,
     target: Any,
     *,
     num_classes: int,
@@ -212,7 +212,8 @@ def random_logit(
     off_target : Tensor, optional
         The other classes ``(batch,)``, instead of drawing them.
     attribution, generator, chunk_size
-        The explanation of ``target`` if already computed; randomness; chunking.
+        The explanation of ``target`` if already computed; randomness and chunking as in
+        :func:`model_parameter_randomisation`.
 
     Returns
     -------
@@ -220,17 +221,17 @@ def random_logit(
         ``(batch,)`` similarity; lower is better.
     """
     owner = "random_logit"
-    x = check_input(x, owner)
-    batch = x.shape[0]
+    input = check_input(input, owner)
+    batch = input.shape[0]
     target = check_target(target, batch, owner)
     check_chunk_size(chunk_size, owner)
     check_similarity(similarity_measure, owner)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"{owner}(num_classes={num_classes!r}): expected an int >= 2.")
+    check_int(num_classes, "num_classes", owner, minimum=2, example="10")
     if bool((target >= num_classes).any()) or bool((target < 0).any()):
         raise ValueError(
             f"{owner}(target=...): expected classes in [0, {num_classes - 1}] for "
-            f"num_classes={num_classes}."
+            f"num_classes={num_classes}, got {target.unique().tolist()}. Pass the model's "
+            f"number of classes as num_classes."
         )
     generator = make_generator(generator, owner)
     if off_target is None:
@@ -239,10 +240,13 @@ def random_logit(
     else:
         off_target = check_target(off_target, batch, owner)
         if bool((off_target == target).any()):
-            raise ValueError(f"{owner}(off_target=...): expected classes other than target.")
+            raise ValueError(
+                f"{owner}(off_target=...): expected classes other than target, got the target "
+                f"class for some samples. Pass off_target=None to draw them."
+            )
     off_target = off_target.to(target.device)
     if attribution is None:
-        attribution = chunked_explain(explain, x, target, chunk_size, owner)
-    other = chunked_explain(explain, x, off_target, chunk_size, owner)
-    return similarity(similarity_measure, pool_attribution(attribution, x, owner),
-                      pool_attribution(other, x, owner), owner)
+        attribution = chunked_explain(explain, input, target, chunk_size, owner)
+    other = chunked_explain(explain, input, off_target, chunk_size, owner)
+    return similarity(similarity_measure, pool_attribution(attribution, input, owner),
+                      pool_attribution(other, input, owner), owner)

@@ -1,7 +1,7 @@
 """Robustness: how much does the explanation move when the input moves a little?
 
 :func:`max_sensitivity` and :func:`avg_sensitivity` [yeh2019] re-explain ``n_samples`` noisy
-copies of every input; the noise is drawn up front from an explicit generator and the noisy
+copies of every input; the noise is drawn up front from ``generator`` and the noisy
 copies are explained in stacked batches of ``chunk_size``, so chunking never changes a result.
 """
 
@@ -13,21 +13,22 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from funcattr.metrics._common import (
+from funcattr.attribution.options import (
     check_chunk_size,
-    check_input,
-    check_positive_int,
-    check_target,
-    chunked_explain,
+    check_int,
+    check_positive_number,
     make_generator,
 )
+from funcattr.attribution.targets import check_target
+from funcattr.metrics.explainer import chunked_explain
+from funcattr.metrics.inputs import check_input
 
 __all__ = ["avg_sensitivity", "max_sensitivity", "sensitivities"]
 
 
 def sensitivities(
     explain: Callable,
-    x: Tensor,
+    input: Tensor,
     target: Any,
     *,
     attribution: Tensor | None = None,
@@ -44,11 +45,11 @@ def sensitivities(
     Parameters
     ----------
     explain : callable
-        ``explain(x, target) -> attribution``.
-    x, target
+        ``explain(input, target) -> attribution``.
+    input, target
         The inputs and their classes.
     attribution : Tensor, optional
-        ``Phi(x)`` if already computed (else ``explain(x, target)``).
+        ``Phi(input)`` if already computed (else ``explain(input, target)``).
     radius : float
         ``delta`` is uniform in the L-infinity ball of this radius (each element in
         ``[-radius, radius]``), as in Yeh et al.
@@ -58,39 +59,46 @@ def sensitivities(
         Divide by ``||Phi(x)||`` (Captum's and Quantus' default) instead of Yeh et al.'s
         absolute difference.
     perturbation : callable, optional
-        ``perturbation(x, generator) -> delta`` for one draw of the whole batch, instead of
-        the uniform ball.
-    generator : torch.Generator or int, optional
-        Randomness of the noise.
+        ``perturbation(input, generator) -> delta`` for one draw of the whole batch, instead
+        of the uniform ball.
+    generator : torch.Generator, int or None
+        Randomness of the noise: a generator, an int seed (the same draws on every call) or
+        ``None`` (torch's global generator).
     chunk_size : int, optional
-        Noisy inputs per ``explain`` call.
+        Model inputs (noisy samples) per ``explain`` call.
+    owner : str
+        The name error messages give the call.
     """
-    x = check_input(x, owner)
-    target = check_target(target, x.shape[0], owner)
-    check_positive_int(n_samples, "n_samples", owner)
+    input = check_input(input, owner)
+    target = check_target(target, input.shape[0], owner)
+    check_int(n_samples, "n_samples", owner, minimum=1, example="20")
     check_chunk_size(chunk_size, owner)
-    if perturbation is None and not (isinstance(radius, int | float) and radius > 0):
-        raise ValueError(f"{owner}(radius={radius!r}): expected a positive number.")
+    if perturbation is None:
+        check_positive_number(radius, "radius", owner, example="0.1")
     generator = make_generator(generator, owner)
-    batch = x.shape[0]
+    batch = input.shape[0]
     if attribution is None:
-        attribution = chunked_explain(explain, x, target, chunk_size, owner)
+        attribution = chunked_explain(explain, input, target, chunk_size, owner)
     elif not isinstance(attribution, Tensor) or attribution.shape[0] != batch:
+        got = tuple(attribution.shape) if isinstance(attribution, Tensor) else type(
+            attribution).__name__
         raise ValueError(
-            f"{owner}(attribution=...): expected one attribution per sample ({batch})."
+            f"{owner}(attribution=...): expected one attribution per sample ({batch}), got "
+            f"{got}. Pass explain(input, target), or None to compute it."
         )
     attribution = attribution.detach()
     if perturbation is None:
-        noise = torch.rand((n_samples, *x.shape), generator=generator, dtype=x.dtype)
-        noise = (2 * noise - 1).mul_(radius).to(x.device)
+        noise = torch.rand((n_samples, *input.shape), generator=generator, dtype=input.dtype)
+        noise = (2 * noise - 1).mul_(radius).to(input.device)
     else:
-        noise = torch.stack([perturbation(x, generator) for _ in range(n_samples)])
-        if noise.shape[1:] != x.shape:
+        noise = torch.stack([perturbation(input, generator) for _ in range(n_samples)])
+        if noise.shape[1:] != input.shape:
             raise ValueError(
-                f"{owner}(perturbation=...): expected perturbation(x, generator) to return a "
-                f"tensor of the input's shape {tuple(x.shape)}, got {tuple(noise.shape[1:])}."
+                f"{owner}(perturbation=...): expected perturbation(input, generator) to return a "
+                f"tensor of the input's shape {tuple(input.shape)}, got {tuple(noise.shape[1:])}. "
+                f"Return one perturbation per element of the input."
             )
-    noisy = (x[None] + noise).reshape(n_samples * batch, *x.shape[1:])
+    noisy = (input[None] + noise).reshape(n_samples * batch, *input.shape[1:])
     explained = chunked_explain(explain, noisy, target.repeat(n_samples), chunk_size, owner)
     explained = explained.reshape(n_samples, batch, -1).to(attribution.dtype)
     reference = attribution.reshape(1, batch, -1)
@@ -101,7 +109,7 @@ def sensitivities(
     return distance
 
 
-def max_sensitivity(explain: Callable, x: Tensor, target: Any, **options: Any) -> Tensor:
+def max_sensitivity(explain: Callable, input: Tensor, target: Any, **options: Any) -> Tensor:
     """Max-sensitivity [yeh2019]: ``max_{||delta||_inf <= r} ||Phi(x + delta) - Phi(x)||``.
 
     Estimated by Monte-Carlo over ``n_samples`` uniform draws in the ball (see
@@ -116,10 +124,10 @@ def max_sensitivity(explain: Callable, x: Tensor, target: Any, **options: Any) -
     --------
     >>> max_sensitivity(explain, x, y, radius=0.05, n_samples=20, generator=0)  # doctest: +SKIP
     """
-    return sensitivities(explain, x, target, owner="max_sensitivity", **options).amax(dim=1)
+    return sensitivities(explain, input, target, owner="max_sensitivity", **options).amax(dim=1)
 
 
-def avg_sensitivity(explain: Callable, x: Tensor, target: Any, **options: Any) -> Tensor:
+def avg_sensitivity(explain: Callable, input: Tensor, target: Any, **options: Any) -> Tensor:
     """Average sensitivity [yeh2019]: ``E_delta ||Phi(x + delta) - Phi(x)||``, ``delta`` uniform.
 
     Monte-Carlo mean over ``n_samples`` draws (see :func:`sensitivities`). Lower is better.
@@ -129,4 +137,4 @@ def avg_sensitivity(explain: Callable, x: Tensor, target: Any, **options: Any) -
     Tensor
         ``(batch,)``.
     """
-    return sensitivities(explain, x, target, owner="avg_sensitivity", **options).mean(dim=1)
+    return sensitivities(explain, input, target, owner="avg_sensitivity", **options).mean(dim=1)
