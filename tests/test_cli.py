@@ -487,7 +487,8 @@ def junk(tmp_path) -> dict[str, Path]:
     (("-a", "smoothgrad", "--n-iter", "0"), "0 is not in the range x>=1"),
     (("-a", "smoothgrad", "--noise-level", "0"), "0.0 is not in the range x>0"),
     (("--level", "-1"), "-1.0 is not in the range x>0"),
-    (("--n-iter", "5"), "--n-iter applies to --attributor smoothgrad or integrads, not gradient"),
+    (("--n-iter", "5"), "--n-iter applies to --attributor smooth_grad or integrated_gradients, "
+                        "not gradient"),
     (("-a", "smoothgrad", "--window", "4"), "--window applies to --attributor occlusion"),
     (("-a", "occlusion", "--window", "0"), "'0': expected a positive integer"),
     (("-a", "occlusion", "--window", "8,x"), "expected a positive integer or two as H,W"),
@@ -659,13 +660,19 @@ def test_failure_inside_the_attributor(tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize(("shape", "expected"), [
-    ((1, 3, 64, 64), 64),  # funcattr evaluate: 64 demo images per model call
-    ((12, 3, 64, 64), 5),  # funcattr explain: 5 noisy copies of the 12 demo images per step
-    ((16, 3, 224, 224), 1),  # one copy of an ImageNet batch
-    ((1, 3, 2048, 2048), 1),  # never zero
+@pytest.mark.parametrize(("shape", "expected", "copies"), [
+    ((1, 3, 64, 64), 64, 64),  # funcattr evaluate: 64 demo images per model call
+    ((12, 3, 64, 64), 64, 5),  # funcattr explain: 5 noisy copies of the 12 demo images per step
+    ((16, 3, 224, 224), 5, 1),  # one copy of an ImageNet batch
+    ((1, 3, 2048, 2048), 1, 1),  # never zero
 ])
-def test_auto_chunk_size_keeps_steps_near_2_to_the_18_pixels(shape, expected):
+def test_auto_chunk_size_keeps_steps_near_2_to_the_18_pixels(shape, expected, copies):
     """Steps of about 2^18 input pixels per channel: small enough that a CNN's first
-    activations stay below glibc's 32 MiB mmap threshold (faster, see funcattr.cli)."""
-    assert auto_chunk_size(torch.zeros(shape)) == expected
+    activations stay below glibc's 32 MiB mmap threshold (faster, see funcattr.cli).
+    ``chunk_size`` counts model inputs (images); an attributor takes whole copies of the batch
+    per step, at least one."""
+    from funcattr.attribution.options import copies_per_step
+
+    chunk_size = auto_chunk_size(torch.zeros(shape))
+    assert chunk_size == expected
+    assert copies_per_step(chunk_size, shape[0], 100) == copies

@@ -19,7 +19,7 @@ from PIL import Image
 
 import funcattr.metrics as fm
 from funcattr.cli import main
-from funcattr.cli_evaluate import (
+from funcattr.cli.evaluate import (
     DEFAULT_METHODS,
     Method,
     parse_methods,
@@ -280,14 +280,14 @@ def test_metric_option_reaches_the_metric(tmp_path):
                            "pixel_flipping, region_perturbation"),
     (("-M", "pixel_flip"), "Did you mean pixel_flipping?"),
     (("-a", "gradeint"), "'gradeint' is not an attributor or composite; expected one of: "
-                         "gradient, smoothgrad"),
+                         "gradient, smooth_grad, integrated_gradients"),
     (("-a", "gradeint:epsilon_plus"), "'gradeint' is not an attributor"),
     (("-a", "gradient:epsilon_pluz"), "'epsilon_pluz' is not a composite; expected none or "
                                       "one of:"),
     (("-c", "epsilon_plus_falt"), "Did you mean epsilon_plus_flat"),
     (("-n", "0"), "0 is not in the range x>=1"),
-    (("-a", "gradient", "--n-iter", "5"), "--n-iter applies to --attributor smoothgrad or "
-                                          "integrads, none of which is evaluated."),
+    (("-a", "gradient", "--n-iter", "5"), "--n-iter applies to --attributor smooth_grad or "
+                                          "integrated_gradients, none of which is evaluated."),
     (("-a", "gradient", "-M", "pointing_game", "--plot"),
      "--plot draws the curves of pixel_flipping or region_perturbation"),
     (("-a", "occlusion", "--window", "99"), "larger than the 64x64 input"),

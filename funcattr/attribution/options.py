@@ -95,9 +95,10 @@ def check_positive_number(value: Any, name: str, owner: str, *, example: str,
             f"{type(value).__name__}. Pass e.g. {name}={example}."
         )
     if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        expected = f"a finite {what} >= 0" if zero else f"a positive {what}"
         raise ValueError(
-            f"{owner}({name}={value!r}): expected a finite {what} {bound}{meaning}, got "
-            f"{value!r}. Pass e.g. {name}={example}."
+            f"{owner}({name}={value!r}): expected {expected}{meaning}, got {value!r}. Pass "
+            f"e.g. {name}={example}."
         )
     return float(value)
 

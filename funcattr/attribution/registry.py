@@ -174,7 +174,7 @@ def input_times_gradient(fn: Callable, params: Params, input: Tensor,
     return output, grad * input
 
 
-_N_ITER = AttributorOption("n_iter", "count", 20, "Noisy samples or path points.")
+_N_ITER = AttributorOption("n_iter", "count", 20, "noisy samples or path points.")
 
 register_attributor(AttributorSpec(
     name="gradient", function=gradient, cls=Gradient,
@@ -184,7 +184,7 @@ register_attributor(AttributorSpec(
     name="smooth_grad", function=smooth_grad, cls=SmoothGrad, random=True, chunked=True,
     summary="SmoothGrad: mean gradient over --n-iter noisy copies (--noise-level)",
     options=(_N_ITER, AttributorOption("noise_level", "level", 0.1,
-                                       "Noise std relative to each image's value range.")),
+                                       "noise std relative to each image's value range.")),
     aliases=("smoothgrad",),
 ))
 register_attributor(AttributorSpec(
@@ -195,8 +195,8 @@ register_attributor(AttributorSpec(
 register_attributor(AttributorSpec(
     name="occlusion", function=occlusion, cls=Occlusion, chunked=True, takes_composite=False,
     scores=True, summary="Occlusion: class score with only a --window kept, moved by --stride",
-    options=(AttributorOption("window", "size", 8, "Window N or H,W."),
-             AttributorOption("stride", "size", 8, "Stride N or H,W.")),
+    options=(AttributorOption("window", "size", 8, "window N or H,W."),
+             AttributorOption("stride", "size", 8, "stride N or H,W.")),
 ))
 register_attributor(AttributorSpec(
     name="inputxgrad", function=input_times_gradient,

@@ -55,7 +55,8 @@ def _check_image_file(path: Path) -> None:
             image.size  # noqa: B018  (reads the header)
     except (UnidentifiedImageError, OSError) as error:
         raise click.BadParameter(
-            f"{path}: not an image file (expected PNG or JPEG).", param_hint="IMAGES"
+            f"{path}: not an image file (expected PNG or JPEG). Pass image files or folders.",
+            param_hint="IMAGES",
         ) from error
 
 
@@ -86,7 +87,8 @@ def collect_samples(
     for given in inputs:
         path = Path(given)
         if not path.exists():
-            raise click.BadParameter(f"{path}: no such file or folder.", param_hint="IMAGES")
+            raise click.BadParameter(f"{path}: no such file or folder. Check the path.",
+                                     param_hint="IMAGES")
         if path.is_dir():
             candidates = path.rglob("*") if recursive else path.iterdir()
             found = sorted(
@@ -153,7 +155,9 @@ def _open(obj: Image.Image | Path, source: str) -> Image.Image:
             image.load()
             return image
     except (UnidentifiedImageError, OSError) as error:
-        raise click.ClickException(f"{source}: cannot read the image ({error}).") from error
+        raise click.ClickException(
+            f"{source}: cannot read the image ({error}). Pass a readable PNG or JPEG file."
+        ) from error
 
 
 def _resize_crop(image: Image.Image, size: int, resize: int, resample: int) -> Image.Image:

@@ -20,8 +20,8 @@ from torch import Tensor, nn
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Canonizers chosen by ``--canonizer auto``: architecture family -> candidate class names
-#: (the first one available wins).
-_AUTO_CANONIZERS: dict[str, tuple[str, ...]] = {
+#: (the first one available wins); the keys are the families :func:`family_of` knows.
+AUTO_CANONIZERS: dict[str, tuple[str, ...]] = {
     "demo": ("VGGCanonizer", "SequentialMergeBatchNorm"),
     "vgg": ("VGGCanonizer", "SequentialMergeBatchNorm"),
     "resnet": ("ResNetCanonizer",),
@@ -102,14 +102,16 @@ class LoadedModel:
         return str(index)
 
 
-def _torchvision_names() -> list[str]:
+def torchvision_names() -> list[str]:
+    """The torchvision classification architectures ``--model`` accepts."""
     import torchvision.models
 
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
-def _family(name: str) -> str | None:
-    for family in sorted(_AUTO_CANONIZERS, key=len, reverse=True):
+def family_of(name: str) -> str | None:
+    """The architecture family of a torchvision name (a key of :data:`AUTO_CANONIZERS`)."""
+    for family in sorted(AUTO_CANONIZERS, key=len, reverse=True):
         if name.startswith(family):
             return family
     return None
@@ -126,7 +128,8 @@ def _load_factory(spec: str) -> nn.Module:
         if module_name.endswith(".py"):
             path = Path(module_name)
             if not path.is_file():
-                raise click.BadParameter(f"{spec!r}: no such file {path}.", param_hint="--model")
+                raise click.BadParameter(f"{spec!r}: no such file {path}. Check the path.",
+                                         param_hint="--model")
             module_spec = importlib.util.spec_from_file_location(path.stem, path)
             module = importlib.util.module_from_spec(module_spec)
             module_spec.loader.exec_module(module)
@@ -136,31 +139,36 @@ def _load_factory(spec: str) -> nn.Module:
         raise
     except Exception as error:  # the user's module failed to import: say so in one line
         raise click.BadParameter(
-            f"{spec!r}: cannot import {module_name} ({type(error).__name__}: {error}).",
+            f"{spec!r}: cannot import {module_name} ({type(error).__name__}: {error}). Fix the "
+            f"module, or check that it is on the Python path.",
             param_hint="--model",
         ) from error
     obj: Any = module
     for part in attribute.split("."):
         if not hasattr(obj, part):
             raise click.BadParameter(
-                f"{spec!r}: {module_name} has no attribute {attribute!r}.", param_hint="--model"
+                f"{spec!r}: {module_name} has no attribute {attribute!r}. Name a module or a "
+                f"function that builds one, e.g. {module_name}:build.", param_hint="--model"
             )
         obj = getattr(obj, part)
     if not isinstance(obj, nn.Module):
         if not callable(obj):
             raise click.BadParameter(
-                f"{spec!r}: {attribute} is neither a torch.nn.Module nor callable.",
+                f"{spec!r}: {attribute} is neither a torch.nn.Module nor callable. Name a module "
+                f"or a function that builds one.",
                 param_hint="--model",
             )
         try:
             obj = obj()
         except Exception as error:
             raise click.ClickException(
-                f"--model {spec}: calling {attribute}() failed ({type(error).__name__}: {error})."
+                f"--model {spec}: calling {attribute}() failed ({type(error).__name__}: "
+                f"{error}). Make {attribute}() callable without arguments."
             ) from error
     if not isinstance(obj, nn.Module):
         raise click.BadParameter(
-            f"{spec!r}: {attribute}() returned {type(obj).__name__}, expected a torch.nn.Module.",
+            f"{spec!r}: {attribute}() returned {type(obj).__name__}, expected a torch.nn.Module. "
+            f"Return the model from {attribute}().",
             param_hint="--model",
         )
     return obj
@@ -169,7 +177,7 @@ def _load_factory(spec: str) -> nn.Module:
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
     """Read a state_dict (or a checkpoint holding one under 'state_dict' or 'model')."""
     if not path.is_file():
-        raise click.BadParameter(f"{path}: no such file.", param_hint="--weights")
+        raise click.BadParameter(f"{path}: no such file. Check the path.", param_hint="--weights")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
@@ -240,12 +248,13 @@ def _read_class_names(path: Path) -> tuple[str, ...]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
         raise click.BadParameter(
-            f"{path}: cannot read ({error}).", param_hint="--class-names"
+            f"{path}: cannot read ({error}). Pass a UTF-8 text file.", param_hint="--class-names"
         ) from error
     names = tuple(line.strip() for line in lines if line.strip())
     if not names:
         raise click.BadParameter(
-            f"{path}: expected one class name per line, got none.", param_hint="--class-names"
+            f"{path}: expected one class name per line, got none. Write one name per line.",
+            param_hint="--class-names",
         )
     return names
 
@@ -258,7 +267,8 @@ def resolve_device(device: str) -> torch.device:
         resolved = torch.device(device)
     except (RuntimeError, ValueError) as error:
         raise click.BadParameter(
-            f"{device!r} is not a device; expected auto, cpu, cuda, cuda:N or mps.",
+            f"{device!r} is not a device; expected auto, cpu, cuda, cuda:N or mps. Pass e.g. "
+            f"--device cpu.",
             param_hint="--device",
         ) from error
     if resolved.type == "cuda" and (
@@ -271,7 +281,8 @@ def resolve_device(device: str) -> torch.device:
             param_hint="--device",
         )
     if resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise click.BadParameter(f"{device!r}: MPS is not available here.", param_hint="--device")
+        raise click.BadParameter(f"{device!r}: MPS is not available here. Use --device cpu.",
+                                 param_hint="--device")
     return resolved
 
 
@@ -332,7 +343,7 @@ def load_model(
             model = _load_factory(name)
         default_size, default_norm = 224, "none"
     else:
-        available = _torchvision_names()
+        available = torchvision_names()
         if name not in available:
             close = difflib.get_close_matches(name, available + ["demo"], n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
@@ -362,7 +373,7 @@ def load_model(
                 model = torchvision.models.get_model(name, weights=None, **kwargs)
             except (TypeError, ValueError):  # an architecture without num_classes
                 model = torchvision.models.get_model(name, weights=None)
-        family, torchvision_model = _family(name), True
+        family, torchvision_model = family_of(name), True
         default_size, default_norm = 224, "imagenet"
     model = model.to(dtype=torch.float32)
     if weight_path is not None:
@@ -399,14 +410,15 @@ def load_model(
         got = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
         raise click.ClickException(
             f"--model {name}: expected a classifier returning (batch, classes) scores, got "
-            f"{got}."
+            f"{got}. Wrap the model so that it returns class scores."
         )
     num_classes = output.shape[1]
     if class_names is not None:
         names = _read_class_names(class_names)
         if len(names) != num_classes:
             raise click.BadParameter(
-                f"{class_names} has {len(names)} names, but the model has {num_classes} outputs.",
+                f"{class_names} has {len(names)} names, but the model has {num_classes} outputs. "
+                f"Give one name per output.",
                 param_hint="--class-names",
             )
     elif torchvision_model:

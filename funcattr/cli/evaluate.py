@@ -8,8 +8,8 @@ per method, as ``table.csv``, with the settings and per-image values in ``evalua
 evaluated on its 12 shipped sample images (or ``--samples N`` generated test images), whose
 object masks are known. See ``docs/metrics.md`` (section "Command line").
 
-The model, the images and the composites are loaded by :mod:`funcattr.cli`'s building blocks
-and shared option decorators; this module registers the command on :func:`funcattr.cli.main`.
+The methods come from the attributor registry, the metrics from the metric registry
+(:mod:`funcattr.metrics.registry`); nothing here lists them.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import contextlib
 import difflib
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -30,26 +29,28 @@ import click
 import torch
 from torch import Tensor
 
-from funcattr.cli import (
-    _ATTRIBUTOR_OPTIONS,
-    ATTRIBUTORS,
-    TRACEBACK_VARIABLE,
-    LoadedModel,
-    Sample,
-    _Staging,
+from funcattr.attribution.registry import ATTRIBUTORS, AttributorSpec, get_attributor
+from funcattr.cli.attributors import (
     attribute,
-    attributor_options,
     auto_chunk_size,
     build_composite,
-    collect_samples,
-    demo_samples,
+    image_window,
+    resolve_attributor,
+)
+from funcattr.cli.canonizers import resolve_canonizers
+from funcattr.cli.group import main
+from funcattr.cli.models import LoadedModel
+from funcattr.cli.options import (
+    attributor_option_names,
+    attributor_options,
+    check_option_use,
     image_arguments,
-    load_sample,
-    main,
     model_from_options,
     model_options,
-    resolve_canonizers,
 )
+from funcattr.cli.output import Staging, check_replaceable, reported_errors
+from funcattr.cli.samples import Sample, collect_samples, demo_samples, load_sample
+from funcattr.metrics.registry import DEFAULT_METRICS, METRIC_SPECS, metric_keywords
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -67,10 +68,6 @@ __all__ = [
 DEFAULT_METHODS: tuple[str, ...] = (
     "gradient", "inputxgrad", "epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1",
 )
-#: Metrics that need object masks.
-LOCALISATION_METRICS = ("relevance_mass_accuracy", "relevance_rank_accuracy", "pointing_game")
-#: Curve metrics that ``--plot`` draws: metric -> file.
-PLOTS = {"pixel_flipping": "pixel_flipping.png", "region_perturbation": "region_perturbation.png"}
 _TABLE_CSV, _TABLE_MD, _JSON_FILE = "table.csv", "table.md", "evaluation.json"
 _TOOL_TAG = "funcattr evaluate"
 
@@ -82,7 +79,7 @@ class Method:
     Attributes
     ----------
     attributor : str
-        A name from :data:`funcattr.cli.ATTRIBUTORS`.
+        A name (or a deprecated alias) from :data:`funcattr.attribution.ATTRIBUTORS`.
     composite : str or None
         A composite name (LRP and other modified gradients) or None.
     """
@@ -98,6 +95,11 @@ class Method:
         if self.attributor == "gradient":
             return self.composite
         return f"{self.attributor}:{self.composite}"
+
+    @property
+    def spec(self) -> AttributorSpec:
+        """The attributor's registry entry."""
+        return get_attributor(self.attributor)[0]
 
 
 def _split(values: Sequence[str]) -> list[str]:
@@ -132,6 +134,7 @@ def parse_methods(attributors: Sequence[str], composites: Sequence[str]) -> list
             raise _unknown("a composite", name, list(COMPOSITES), option, "none or ")
         return name
 
+    known = [*ATTRIBUTORS, *(alias for spec in ATTRIBUTORS.values() for alias in spec.aliases)]
     entries = _split(attributors)
     composite_entries = _split(composites)
     if not entries and not composite_entries:
@@ -140,10 +143,12 @@ def parse_methods(attributors: Sequence[str], composites: Sequence[str]) -> list
     for entry in entries:
         head, sep, tail = entry.partition(":")
         if sep:
-            if head not in ATTRIBUTORS:
+            if head not in known:
                 raise _unknown("an attributor", head, list(ATTRIBUTORS), "--attributor")
+            resolve_attributor(head)  # a note for an old name
             methods.append(Method(head, composite_of(tail, "--attributor")))
-        elif entry in ATTRIBUTORS:
+        elif entry in known:
+            resolve_attributor(entry)
             methods.append(Method(entry))
         elif entry in COMPOSITES:
             methods.append(Method("gradient", entry))
@@ -157,41 +162,18 @@ def parse_methods(attributors: Sequence[str], composites: Sequence[str]) -> list
 
 def parse_metrics(values: Sequence[str]) -> tuple[tuple[str, ...], bool]:
     """``--metric`` values (``all`` for every metric) -> ``(metrics, explicit)``."""
-    from funcattr.metrics.evaluate import DEFAULT_METRICS, METRICS
-
     names = _split(values)
     if not names:
         return tuple(DEFAULT_METRICS), False
     chosen: list[str] = []
     for name in names:
         if name == "all":
-            chosen += list(METRICS)
-        elif name in METRICS:
+            chosen += list(METRIC_SPECS)
+        elif name in METRIC_SPECS:
             chosen.append(name)
         else:
-            raise _unknown("a metric", name, list(METRICS), "--metric", "all or ")
+            raise _unknown("a metric", name, list(METRIC_SPECS), "--metric", "all or ")
     return tuple(dict.fromkeys(chosen)), True
-
-
-#: Arguments ``evaluate`` itself passes to the metrics; ``--option`` cannot set them.
-_RESERVED = frozenset({"model", "x", "target", "attribution", "params", "generator", "chunk_size",
-                       "explain", "masks", "owner", "options"})
-#: Metrics taking ``**options`` for another function.
-_DELEGATES = {"region_perturbation": "pixel_flipping", "max_sensitivity": "sensitivities",
-              "avg_sensitivity": "sensitivities"}
-
-
-def metric_keywords(metric: str) -> list[str]:
-    """The keywords of ``metric`` that ``--option`` may set."""
-    import inspect
-
-    import funcattr.metrics as fm
-
-    names: list[str] = []
-    for function in (metric, _DELEGATES.get(metric)):
-        if function is not None:
-            names += list(inspect.signature(getattr(fm, function)).parameters)
-    return [n for n in dict.fromkeys(names) if n not in _RESERVED]
 
 
 def _literal(text: str) -> Any:
@@ -279,33 +261,22 @@ def render_table(table: Any) -> str:
 # The command
 # --------------------------------------------------------------------------------------------
 
-def _make_method(kind: str, *, n_iter: int, noise_level: float, window: tuple[int, int],
-                 stride: tuple[int, int], seed: int) -> Callable:
-    """``method(fn, params, input, attr_output_fn) -> (output, attribution)`` for ``kind``."""
+def _make_method(name: str, options: dict[str, Any], chunk_size: int, *, seed: int,
+                 window: tuple[int, int], stride: tuple[int, int]) -> Callable:
+    """``method(fn, params, input, attr_output_fn) -> (output, attribution)`` for attributor
+    ``name`` with the command's options; an int seed draws the same noise on every call, so a
+    noisy method is a deterministic function of its input."""
 
     def method(fn: Callable, params: dict, input: Tensor,
                attr_output_fn: Callable) -> tuple[Tensor, Tensor]:
-        # a fresh generator per call: smoothgrad is a deterministic function of its input
-        return attribute(kind, fn, params, input, attr_output_fn, n_iter=n_iter,
-                         noise_level=noise_level, window=window, stride=stride,
-                         chunk_size=auto_chunk_size(input), seed=seed)
+        return attribute(name, fn, params, input, attr_output_fn, chunk_size=chunk_size,
+                         generator=seed, **values)
 
-    method.__name__ = kind
+    values = {**{n: options[n] for n in attributor_option_names()}, "window": window,
+              "stride": stride}
+
+    method.__name__ = name
     return method
-
-
-def _option_checks(ctx: click.Context, methods: list[Method]) -> None:
-    kinds = {m.attributor for m in methods}
-    for name, users in _ATTRIBUTOR_OPTIONS.items():
-        if name in ("seed", "chunk_size") or name not in ctx.params:
-            continue
-        source = ctx.get_parameter_source(name)
-        if source is click.core.ParameterSource.COMMANDLINE and not kinds & set(users):
-            flag = "--" + name.replace("_", "-")
-            raise click.UsageError(
-                f"{flag} applies to --attributor {' or '.join(users)}, none of which is "
-                f"evaluated."
-            )
 
 
 def _load_images(samples: list[Sample], loaded: LoadedModel) -> tuple[Tensor, Tensor | None]:
@@ -328,22 +299,6 @@ def _predict(loaded: LoadedModel, images: Tensor, chunk: int) -> Tensor:
     with torch.no_grad():
         return torch.cat([loaded.model(images[i:i + chunk].to(loaded.device)).argmax(dim=1)
                           for i in range(0, images.shape[0], chunk)]).cpu()
-
-
-@contextlib.contextmanager
-def _reported_errors(what: str) -> Iterator[None]:
-    """Errors inside the metrics and attributors as one line (no traceback)."""
-    try:
-        yield
-    except torch.OutOfMemoryError as error:
-        raise click.ClickException("out of memory; lower --chunk-size.") from error
-    except (ValueError, TypeError, RuntimeError) as error:
-        if os.environ.get(TRACEBACK_VARIABLE):
-            raise
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise click.ClickException(
-            f"{what}: {first[:400]} (set {TRACEBACK_VARIABLE}=1 for the traceback)"
-        ) from error
 
 
 @contextlib.contextmanager
@@ -373,14 +328,6 @@ def _merge(parts: list[Any]) -> Any:
     )
 
 
-def _is_our_folder(folder: Path) -> bool:
-    try:
-        data = json.loads((folder / _JSON_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get("tool") == _TOOL_TAG
-
-
 @main.command(name="evaluate",
               short_help="Tabulate metrics of explanation methods (on the demo by default).")
 @image_arguments
@@ -393,10 +340,8 @@ def _is_our_folder(folder: Path) -> bool:
               help="LRP with this composite (repeatable, or comma-separated); none is the plain "
                    "gradient. Adds to --attributor.")
 @click.option("--metric", "-M", "metrics", multiple=True, metavar="NAME",
-              help="A metric (repeatable, or comma-separated), or all. [default: pixel_flipping, "
-                   "region_perturbation, max_sensitivity, relevance_mass_accuracy, "
-                   "relevance_rank_accuracy, pointing_game, random_logit; the localisation "
-                   "metrics only with masks]")
+              help="A metric (repeatable, or comma-separated), or all. [default: "
+                   + ", ".join(DEFAULT_METRICS) + "; the localisation metrics only with masks]")
 @click.option("--option", "-O", "metric_options", multiple=True, metavar="METRIC.KEY=VALUE",
               help="A metric's keyword argument (repeatable), e.g. pixel_flipping.fill=mean or "
                    "max_sensitivity.relative=true; see docs/metrics.md.")
@@ -414,10 +359,11 @@ def _is_our_folder(folder: Path) -> bool:
                    "names (comma-separated).")
 @attributor_options
 @click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed of the metrics' random draws (the same for every method) and of "
-                   "smoothgrad's noise.")
+              help="Seed of the metrics' random draws (the same for every method) and of the "
+                   "noise of " + " and ".join(n for n, s in ATTRIBUTORS.items() if s.random)
+                   + ".")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None,
-              help="Inputs per model or attributor call [default: about 2^18 pixels].")
+              help="Images per model or attributor call [default: about 2^18 pixels].")
 @click.option("--plot", is_flag=True,
               help="Also draw the perturbation curves: pixel_flipping.png (and "
                    "region_perturbation.png).")
@@ -444,13 +390,14 @@ def run_evaluate(ctx: click.Context, **options: Any) -> dict:
     quiet = options["quiet"]
     methods = parse_methods(options["attributors"], options["composites"])
     metrics, explicit_metrics = parse_metrics(options["metrics"])
-    _option_checks(ctx, methods)
+    check_option_use(ctx, [m.spec.name for m in methods], attributor_option_names(),
+                     "none of which is evaluated")
     if options["samples"] is not None and options["images"]:
         raise click.UsageError("--samples chooses demo images; it does not apply to IMAGES.")
     output_dir: Path = options["output"]
     if output_dir.exists() and not output_dir.is_dir():
-        raise click.BadParameter(f"{output_dir} exists and is not a folder.",
-                                 param_hint="--output")
+        raise click.BadParameter(f"{output_dir} exists and is not a folder. Choose another "
+                                 f"output folder.", param_hint="--output")
     loaded = model_from_options(options)
     if options["images"]:
         samples = collect_samples(options["images"], recursive=options["recursive"],
@@ -463,7 +410,7 @@ def run_evaluate(ctx: click.Context, **options: Any) -> dict:
     images, masks = _load_images(samples, loaded)
 
     notes: list[str] = []
-    localisation = [m for m in metrics if m in LOCALISATION_METRICS]
+    localisation = [m for m in metrics if METRIC_SPECS[m].needs_masks]
     if masks is None and localisation:
         missing = sum(s.mask is None for s in samples)
         why = (f"{missing} of {len(samples)} images have no mask file NAME_mask.png next to "
@@ -474,17 +421,17 @@ def run_evaluate(ctx: click.Context, **options: Any) -> dict:
                 f"{', '.join(localisation)} need{'s' if one else ''} object masks, but {why}. "
                 f"Add the masks or leave {'it' if one else 'them'} out.", param_hint="--metric",
             )
-        metrics = tuple(m for m in metrics if m not in LOCALISATION_METRICS)
+        metrics = tuple(m for m in metrics if not METRIC_SPECS[m].needs_masks)
         notes.append(f"skipped {', '.join(localisation)}: {why}")
     metric_options = parse_options(options["metric_options"], metrics)
-    plots = {m: f for m, f in PLOTS.items() if m in metrics} if options["plot"] else {}
+    curves = [name for name, spec in METRIC_SPECS.items() if spec.curves]
+    plots = {m: f"{m}.png" for m in curves if m in metrics} if options["plot"] else {}
     if options["plot"] and not plots:
         raise click.UsageError(
-            "--plot draws the curves of pixel_flipping or region_perturbation; add --metric "
-            "pixel_flipping."
+            f"--plot draws the curves of {' or '.join(curves)}; add --metric {curves[0]}."
         )
 
-    chunk = options["chunk_size"] or auto_chunk_size(images[:1])
+    chunk = options["chunk_size"] or auto_chunk_size(images)
     predicted = _predict(loaded, images, chunk)
     labels = [s.label for s in samples]
     known = None if any(label is None for label in labels) else torch.tensor(labels)
@@ -499,34 +446,23 @@ def run_evaluate(ctx: click.Context, **options: Any) -> dict:
         target = predicted
 
     size = loaded.input_size
-    window = options["window"] or (max(1, size // 4),) * 2
-    stride = options["stride"] or tuple(max(1, w // 2) for w in window)
-    if max(window) > size:
-        raise click.BadParameter(f"{window} is larger than the {size}x{size} input.",
-                                 param_hint="--window")
+    window, stride = image_window(options, size)
     canonizers, canonizer_text = resolve_canonizers(options["canonizer"], loaded)
 
     explainers = {}
     for method in methods:
         composite, _ = build_composite(method.composite or "none", loaded, method.attributor)
-        with _reported_errors(f"--attributor {method.name}"):
+        with reported_errors(f"--attributor {method.name}"):
             explainers[method.name] = explainer(
                 loaded.model, composite, canonizers=canonizers if composite else None,
                 # occlusion measures the score itself, as in funcattr explain
-                times_output=options["times_output"] or method.attributor == "occlusion",
-                method=_make_method(method.attributor, n_iter=options["n_iter"],
-                                    noise_level=options["noise_level"], window=window,
-                                    stride=stride, seed=options["seed"]),
+                times_output=options["times_output"] or method.spec.scores,
+                method=_make_method(method.spec.name, options, chunk, seed=options["seed"],
+                                    window=window, stride=stride),
             )
 
     planned = [_TABLE_CSV, _TABLE_MD, _JSON_FILE, *plots.values()]
-    if output_dir.is_dir() and not _is_our_folder(output_dir):
-        clashes = [name for name in planned if (output_dir / name).exists()]
-        if clashes:
-            raise click.BadParameter(
-                f"{output_dir} already holds {clashes[0]} (not written by funcattr evaluate); "
-                f"choose another output folder.", param_hint="--output",
-            )
+    check_replaceable(output_dir, planned, _JSON_FILE, _TOOL_TAG)
 
     device = loaded.device
     x = images.to(device)
@@ -537,13 +473,14 @@ def run_evaluate(ctx: click.Context, **options: Any) -> dict:
         for index, (name, explain) in enumerate(explainers.items()):
             say(f"[{index + 1}/{len(explainers)}] {name}")
             tick = time.perf_counter()
-            with _reported_errors(f"evaluating {name} on --model {loaded.name}"):
+            with reported_errors(f"evaluating {name} on --model {loaded.name}"):
                 parts.append(evaluate(loaded.model, x, y, m, {name: explain}, metrics,
                                       seed=options["seed"], chunk_size=chunk,
                                       num_classes=loaded.num_classes, options=metric_options))
             seconds[name] = round(time.perf_counter() - tick, 3)
     table = _merge(parts)
 
+    scoring = list(dict.fromkeys(m.spec.name for m in methods if m.spec.scores))
     settings = {
         "model": loaded.name,
         "weights": loaded.weights,
@@ -551,8 +488,8 @@ def run_evaluate(ctx: click.Context, **options: Any) -> dict:
         "input": f"{size}x{size}",
         "target": "true class" if options["target"] == "true" else "predicted class",
         "output gradient": "score * one-hot" if options["times_output"] else
-                           "one-hot; score * one-hot for occlusion" if any(
-                               m.attributor == "occlusion" for m in methods) else "one-hot",
+                           f"one-hot; score * one-hot for {' and '.join(scoring)}" if scoring
+                           else "one-hot",
         "canonizer": canonizer_text,
         "methods": {m.name: {"attributor": m.attributor, "composite": m.composite}
                     for m in methods},
@@ -562,13 +499,9 @@ def run_evaluate(ctx: click.Context, **options: Any) -> dict:
         "chunk_size": chunk,
         "device": str(device),
     }
-    if any(m.attributor in ("smoothgrad", "integrads") for m in methods):
-        settings["n_iter"] = options["n_iter"]
-    if any(m.attributor == "smoothgrad" for m in methods):
-        settings["noise_level"] = options["noise_level"]
-    if any(m.attributor == "occlusion" for m in methods):
-        settings["window"] = "x".join(map(str, window))
-        settings["stride"] = "x".join(map(str, stride))
+    for option in {o.name: o for m in methods for o in m.spec.options}.values():
+        value = {"window": window, "stride": stride}.get(option.name, options[option.name])
+        settings[option.name] = "x".join(map(str, value)) if option.kind == "size" else value
     accuracy = None if known is None else float((predicted == known).double().mean())
     rendered = render_table(table)
     record = {
@@ -588,7 +521,7 @@ def run_evaluate(ctx: click.Context, **options: Any) -> dict:
         "files": planned,
     }
 
-    staging = _Staging(output_dir)
+    staging = Staging(output_dir, _JSON_FILE, _TOOL_TAG)
     try:
         write_table(table, path_csv=staging.path(_TABLE_CSV))
         staging.path(_TABLE_MD).write_text(rendered, encoding="utf-8")

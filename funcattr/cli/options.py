@@ -1,0 +1,199 @@
+"""Options shared by the commands: the model, the images, and the attributors' options.
+
+The attributor options are built from :data:`funcattr.attribution.ATTRIBUTORS`: one click
+option per option name that some attributor declares, typed by its kind
+(:data:`funcattr.attribution.registry.OPTION_KINDS`), with the attributors that use it in its
+help. :func:`check_option_use` refuses an option no chosen attributor uses.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from funcattr.attribution.registry import ATTRIBUTORS, AttributorOption
+from funcattr.cli.attributors import resolve_attributor
+from funcattr.cli.models import LoadedModel, load_model
+
+__all__ = [
+    "AttributorChoice",
+    "PairType",
+    "attributor_option_names",
+    "attributor_options",
+    "check_option_use",
+    "explicit",
+    "image_arguments",
+    "input_options",
+    "model_from_options",
+    "model_options",
+    "option_users",
+]
+
+#: Defaults of the command line where they depend on the image (the library's are fixed).
+IMAGE_DEFAULTS = {
+    "window": "input size / 4, e.g. 56 at 224",
+    "stride": "window / 2",
+}
+
+
+class PairType(click.ParamType):
+    """A positive int ``N`` or a pair ``H,W`` (also ``HxW``)."""
+
+    name = "N|H,W"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        parts = re.split(r"[,x]", str(value).strip().lower())
+        try:
+            numbers = tuple(int(p) for p in parts)
+        except ValueError:
+            numbers = ()
+        if len(numbers) not in (1, 2) or min(numbers) < 1:
+            self.fail(f"{value!r}: expected a positive integer or two as H,W, e.g. 8 or 8,8.",
+                      param, ctx)
+        return numbers * 2 if len(numbers) == 1 else numbers
+
+
+class AttributorChoice(click.Choice):
+    """A registered attributor name; an old name works, with a deprecation note."""
+
+    def __init__(self) -> None:
+        super().__init__(list(ATTRIBUTORS))
+
+    def convert(self, value, param, ctx):
+        aliases = {alias for spec in ATTRIBUTORS.values() for alias in spec.aliases}
+        if isinstance(value, str) and value in aliases:
+            value = resolve_attributor(value).name
+        return super().convert(value, param, ctx)
+
+
+def _click_type(option: AttributorOption) -> click.ParamType:
+    return {
+        "count": click.IntRange(min=1),
+        "level": click.FloatRange(min=0, min_open=True),
+        "size": PairType(),
+    }[option.kind]
+
+
+def _registered_options() -> dict[str, AttributorOption]:
+    options: dict[str, AttributorOption] = {}
+    for spec in ATTRIBUTORS.values():
+        for option in spec.options:
+            options.setdefault(option.name, option)
+    return options
+
+
+def option_users(name: str, attributors: Iterable[str] | None = None) -> list[str]:
+    """The attributors (among ``attributors``, default all) that use the option ``name``:
+    their declared options, ``seed`` (noise) and ``chunk_size``."""
+    names = list(ATTRIBUTORS) if attributors is None else list(attributors)
+    users = []
+    for attributor in names:
+        spec = ATTRIBUTORS[attributor]
+        uses = spec.option(name) is not None or (name == "seed" and spec.random) or (
+            name == "chunk_size" and spec.chunked)
+        if uses:
+            users.append(attributor)
+    return users
+
+
+def attributor_options(function: Callable) -> Callable:
+    """The options of the registered attributors (shared by subcommands)."""
+    decorators = []
+    for name, option in _registered_options().items():
+        users = " and ".join(option_users(name))
+        if name in IMAGE_DEFAULTS:
+            extra = {"default": None, "help": f"{users}: {option.help} [default: "
+                                              f"{IMAGE_DEFAULTS[name]}]"}
+        else:
+            extra = {"default": option.default, "show_default": True,
+                     "help": f"{users}: {option.help}"}
+        decorators.append(click.option("--" + name.replace("_", "-"), name,
+                                       type=_click_type(option), **extra))
+    for decorator in reversed(decorators):
+        function = decorator(function)
+    return function
+
+
+def explicit(ctx: click.Context, name: str) -> bool:
+    """Whether the option ``name`` was given (command line or environment)."""
+    return ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE,
+                                              ParameterSource.ENVIRONMENT)
+
+
+def check_option_use(ctx: click.Context, attributors: Iterable[str], names: Iterable[str],
+                     what: str) -> None:
+    """Refuse an attributor option (of ``names``) given on the command line when none of the
+    chosen ``attributors`` uses it; ``what`` ends the message (e.g. ``not gradient``)."""
+    chosen = list(dict.fromkeys(attributors))
+    for name in names:
+        if name not in ctx.params or not explicit(ctx, name) or option_users(name, chosen):
+            continue
+        flag = "--" + name.replace("_", "-")
+        raise click.UsageError(
+            f"{flag} applies to --attributor {' or '.join(option_users(name))}, {what}."
+        )
+
+
+def attributor_option_names() -> list[str]:
+    """The names of the options :func:`attributor_options` adds."""
+    return list(_registered_options())
+
+
+def model_options(function: Callable) -> Callable:
+    """The options choosing and loading the model (shared by subcommands)."""
+    options = [
+        click.option("--model", "-m", default="demo", show_default=True,
+                     help="demo, a torchvision architecture (e.g. resnet18, vgg16_bn; needs "
+                          "--weights) or MODULE:FACTORY / FILE.py:FACTORY returning a module."),
+        click.option("--weights", "-w", metavar="FILE|random", default=None,
+                     help="state_dict file for the model (never downloaded); 'random' for "
+                          "untrained weights."),
+        click.option("--input-size", type=click.IntRange(min=8), default=None,
+                     help="Side of the square model input [demo: 64, others: 224]."),
+        click.option("--normalization", type=click.Choice(["auto", "imagenet", "none"]),
+                     default="auto", show_default=True,
+                     help="Per-channel input normalisation in front of the model; auto is "
+                          "imagenet for torchvision architectures, none otherwise."),
+        click.option("--class-names", type=click.Path(dir_okay=False, path_type=Path),
+                     default=None, help="Text file with one class name per line."),
+        click.option("--device", default="auto", show_default=True,
+                     help="auto, cpu, cuda, cuda:N or mps."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def model_from_options(options: dict[str, Any]) -> LoadedModel:
+    """:func:`funcattr.cli.models.load_model` with the values of :func:`model_options`."""
+    return load_model(
+        options["model"], options["weights"], device=options["device"],
+        input_size=options["input_size"], normalization=options["normalization"],
+        class_names=options["class_names"],
+    )
+
+
+def image_arguments(function: Callable) -> Callable:
+    """The image arguments and ``--recursive`` (shared by subcommands)."""
+    options = [
+        click.argument("images", nargs=-1, type=click.Path(path_type=Path)),
+        click.option("--recursive", "-r", is_flag=True,
+                     help="Search folders recursively (default: only the folder itself)."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def input_options(function: Callable) -> Callable:
+    """The image arguments and ``--batch-size`` (shared by subcommands)."""
+    function = click.option("--batch-size", "-b", type=click.IntRange(min=1), default=16,
+                            show_default=True, help="Images per step.")(function)
+    return image_arguments(function)
