@@ -43,8 +43,9 @@ def _cnn_fn(composite=None):
 def test_wrong_input_shape_names_input() -> None:
     fn, params = _cnn_fn()
     with pytest.raises(ValueError, match=r"^gradient\(input=tensor of shape \(2, 3, 6, 6\)\): the "
-                       r"model could not process an input of this shape \(.*\)\. Pass an input "
-                       r"shaped as the model expects, with the batch dimension first\.$"):
+                       r"model could not process an input of this shape; expected the shape it "
+                       r"takes, got the error .*\. Pass an input shaped as the model expects, "
+                       r"with the batch dimension first\.$"):
         funcattr.gradient(fn, params, torch.randn(2, 3, 6, 6), funcattr.one_hot(0))
     with pytest.raises(ValueError, match=r"^pullback\(input=tensor of shape \(2, 3, 6, 6\)\)"):
         funcattr.pullback(fn, params, torch.randn(2, 3, 6, 6))

@@ -172,10 +172,9 @@ def check_batched(input: Tensor, owner: str, *, minimum: int = 1, name: str = "i
     """At least ``minimum`` dimensions, the batch first."""
     if input.ndim < minimum:
         expected = f"a batch, {layouts}" if layouts else "a batch dimension first"
-        fix = f"Add the batch dimension with {name}[None]."
         raise ValueError(
             f"{owner}({name}={shown(input)}): expected {expected}, got a {input.ndim}-dim "
-            f"tensor. {fix}"
+            f"tensor. Add the batch dimension with {name}[None]."
         )
 
 

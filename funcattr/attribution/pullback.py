@@ -40,9 +40,9 @@ def call_model(fn: Callable, params: Params, input: Tensor, owner: str) -> Tenso
         if not torch_shape_error and "D input (got" not in text:  # e.g. BatchNorm's ValueError
             raise
         raise ValueError(
-            f"{owner}(input={shown(input)}): the model could not process an input of this shape "
-            f"({text.splitlines()[0]}). Pass an input shaped as the model expects, with the "
-            f"batch dimension first."
+            f"{owner}(input={shown(input)}): the model could not process an input of this "
+            f"shape; expected the shape it takes, got the error {text.splitlines()[0]!r}. Pass "
+            f"an input shaped as the model expects, with the batch dimension first."
         ) from error
 
 

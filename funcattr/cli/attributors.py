@@ -18,6 +18,8 @@ from torch import Tensor
 
 from funcattr.attribution.registry import ATTRIBUTORS, AttributorSpec, get_attributor
 from funcattr.cli.models import InputNormalization, LoadedModel
+from funcattr.composites import COMPOSITES, LayerMapComposite, MixedComposite
+from funcattr.rules import Pass
 
 __all__ = [
     "ATTRIBUTORS",
@@ -111,9 +113,6 @@ def build_composite(spec: str, loaded: LoadedModel, attributor: str = "gradient"
     composite : Composite or None
     description : str
     """
-    from funcattr.composites import COMPOSITES, LayerMapComposite, MixedComposite
-    from funcattr.rules import Pass
-
     name = composite_name(spec, attributor)
     if name == "none":
         return None, "none"

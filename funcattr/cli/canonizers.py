@@ -14,6 +14,7 @@ import re
 
 import click
 
+from funcattr.canonizers import Canonizer, CompositeCanonizer
 from funcattr.cli.models import AUTO_CANONIZERS, LoadedModel
 
 __all__ = ["available_canonizers", "resolve_canonizers"]
@@ -24,8 +25,6 @@ CANONIZER_MODULES = ("funcattr.canonizers", "funcattr.torchvision")
 
 def available_canonizers() -> dict[str, type]:
     """Canonizer classes needing no arguments, by class name, from :data:`CANONIZER_MODULES`."""
-    from funcattr.canonizers import Canonizer, CompositeCanonizer
-
     found: dict[str, type] = {}
     for module_name in CANONIZER_MODULES:
         try:

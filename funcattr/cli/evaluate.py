@@ -50,6 +50,14 @@ from funcattr.cli.options import (
 )
 from funcattr.cli.output import Staging, check_replaceable, reported_errors
 from funcattr.cli.samples import Sample, collect_samples, demo_samples, load_sample
+from funcattr.composites import COMPOSITES
+from funcattr.metrics import (
+    EvaluationTable,
+    evaluate,
+    explainer,
+    plot_pixel_flipping,
+    write_table,
+)
 from funcattr.metrics.registry import DEFAULT_METRICS, METRIC_SPECS, metric_keywords
 
 __all__ = [
@@ -125,8 +133,6 @@ def parse_methods(attributors: Sequence[str], composites: Sequence[str]) -> list
     entry is a composite name (or ``none``, the plain gradient). Neither given:
     :data:`DEFAULT_METHODS`.
     """
-    from funcattr.composites import COMPOSITES
-
     def composite_of(name: str, option: str) -> str | None:
         if name == "none":
             return None
@@ -314,8 +320,6 @@ def _finite(value: float) -> float | None:
 
 
 def _merge(parts: list[Any]) -> Any:
-    from funcattr.metrics import EvaluationTable
-
     first = parts[0]
     return EvaluationTable(
         attributors=tuple(name for part in parts for name in part.attributors),
@@ -384,8 +388,6 @@ def evaluate_command(ctx: click.Context, **options: Any) -> None:
 
 def run_evaluate(ctx: click.Context, **options: Any) -> dict:
     """The body of ``funcattr evaluate``; returns the record it writes to evaluation.json."""
-    from funcattr.metrics import evaluate, explainer, plot_pixel_flipping, write_table
-
     started = time.perf_counter()
     quiet = options["quiet"]
     methods = parse_methods(options["attributors"], options["composites"])

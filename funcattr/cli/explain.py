@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from funcattr.attribution.registry import ATTRIBUTORS
+from funcattr.attribution.targets import one_hot
 from funcattr.cli.attributors import (
     DEFAULT_LRP_COMPOSITE,
     attribute,
@@ -52,7 +53,7 @@ from funcattr.cli.options import (
 from funcattr.cli.output import Staging, png_bytes, reported_errors
 from funcattr.cli.samples import collect_samples, demo_samples, load_sample
 from funcattr.functional import functionalize
-from funcattr.image import imgify
+from funcattr.image import CMAPS, get_cmap, imgify
 from funcattr.report import HeatmapEntry, ReportEntry, render_report
 
 __all__ = ["NEAR_MASK_PIXELS", "TargetSpec", "explain", "run_explain"]
@@ -102,13 +103,9 @@ class TargetType(click.ParamType):
 
 
 def _check_cmap(ctx, param, value):
-    from funcattr.image import get_cmap
-
     try:
         get_cmap(value)
     except (RuntimeError, TypeError, ValueError) as error:
-        from funcattr.image import CMAPS
-
         close = difflib.get_close_matches(value, list(CMAPS), n=2)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise click.BadParameter(
@@ -329,8 +326,6 @@ def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
 
 def _explain_all(samples, loaded, fn, params, target, staging, options, *, window, stride,
                  quiet):
-    from funcattr.attribution import one_hot
-
     count = target.count()
     attributor = options["attributor"]
     times_output = options["times_output"] or ATTRIBUTORS[attributor].scores

@@ -12,6 +12,8 @@ from funcattr.attribution.registry import ATTRIBUTORS
 from funcattr.cli.canonizers import available_canonizers
 from funcattr.cli.group import main
 from funcattr.cli.models import AUTO_CANONIZERS, torchvision_names
+from funcattr.composites import COMPOSITES
+from funcattr.image import CMAPS
 
 __all__ = ["list_command"]
 
@@ -32,9 +34,6 @@ def _wrapped(text: str) -> None:
 @click.argument("what", required=False, type=click.Choice(_LIST_WHAT))
 def list_command(what: str | None) -> None:
     """Show the registered composites, attributors, canonizers, colour maps and models."""
-    from funcattr.composites import COMPOSITES
-    from funcattr.image import CMAPS
-
     sections = [what] if what else list(_LIST_WHAT)
     for section in sections:
         if len(sections) > 1:

@@ -61,10 +61,19 @@ class PairType(click.ParamType):
 
 
 class AttributorChoice(click.Choice):
-    """A registered attributor name; an old name works, with a deprecation note."""
+    """A registered attributor name (read from the registry when used); an old name works,
+    with a deprecation note."""
 
     def __init__(self) -> None:
         super().__init__(list(ATTRIBUTORS))
+
+    @property
+    def choices(self) -> list[str]:
+        return list(ATTRIBUTORS)
+
+    @choices.setter
+    def choices(self, value: Any) -> None:
+        pass  # always the registry's names
 
     def convert(self, value, param, ctx):
         aliases = {alias for spec in ATTRIBUTORS.values() for alias in spec.aliases}

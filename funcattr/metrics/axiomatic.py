@@ -54,10 +54,10 @@ def completeness(model: Any, input: Tensor, target: Any, attribution: Tensor, *,
     target = check_target(target, input.shape[0], owner)
     pooled = pool_attribution(attribution, input, owner)
     total = pooled.reshape(pooled.shape[0], -1).sum(dim=1)
-    score = class_scores(fn, params, input, target, softmax)
+    score = class_scores(fn, params, input, target, softmax, owner)
     if baseline is not None:
         base = torch.as_tensor(baseline, dtype=input.dtype, device=input.device).expand_as(input)
-        score = score - class_scores(fn, params, base.contiguous(), target, softmax)
+        score = score - class_scores(fn, params, base.contiguous(), target, softmax, owner)
     return total - score
 
 

@@ -259,7 +259,7 @@ def pixel_flipping(
 
     # Column 0 (nothing removed) is shared by every order, and so is a last step that
     # removes everything; each is computed once.
-    reference = class_scores(fn, params, input, target, softmax)
+    reference = class_scores(fn, params, input, target, softmax, owner)
     last_shared = bool(counts[-1] == regions) and points > 1
     steps = counts[1:-1] if last_shared else counts[1:]
     fast = fast_layout(view)
@@ -276,7 +276,8 @@ def pixel_flipping(
             inputs = torch.where(removed, select_fill(fill_values, sample), fast[sample])
             return to_input_shape(inputs, input), target[sample]
 
-        scores = chunked_scores(fn, params, run.numel() * batch, make, chunk_size, softmax)
+        scores = chunked_scores(fn, params, run.numel() * batch, make, chunk_size, softmax,
+                                owner)
         scores = scores.view(run.numel(), batch).T
         if last_shared:
             if shared_last is None:
@@ -371,7 +372,7 @@ def sensitivity_n(
             )
     relevance = region_relevance(pooled, locations, regions)
     fill_values = fill_tensor(fill, input, generator, owner)
-    reference = class_scores(fn, params, input, target, softmax)
+    reference = class_scores(fn, params, input, target, softmax, owner)
     fast = fast_layout(view)
     result = torch.empty(batch, len(ns), dtype=input.dtype, device=input.device)
     for column, n in enumerate(ns):
@@ -383,7 +384,7 @@ def sensitivity_n(
             inputs = torch.where(removed, select_fill(fill_values, sample), fast[sample])
             return to_input_shape(inputs, input), target[sample]
 
-        scores = chunked_scores(fn, params, batch * n_subsets, make, chunk_size, softmax)
+        scores = chunked_scores(fn, params, batch * n_subsets, make, chunk_size, softmax, owner)
         delta = reference[:, None] - scores.view(batch, n_subsets)
         sums = (masks.to(relevance.dtype) * relevance[:, None, :]).sum(-1)
         result[:, column] = pearson(sums, delta)
@@ -453,13 +454,13 @@ def infidelity(
     batch = input.shape[0]
     draws = _draw_perturbations(input, perturbation, n_samples, noise_level, patch_size, fill,
                                 generator, owner)  # (n_samples, *input.shape)
-    reference = class_scores(fn, params, input, target, softmax)
+    reference = class_scores(fn, params, input, target, softmax, owner)
 
     def make(indices: Tensor) -> tuple[Tensor, Tensor]:
         draw, sample = indices // batch, indices % batch
         return input[sample] - draws[draw, sample], target[sample]
 
-    scores = chunked_scores(fn, params, n_samples * batch, make, chunk_size, softmax)
+    scores = chunked_scores(fn, params, n_samples * batch, make, chunk_size, softmax, owner)
     delta = reference[None] - scores.view(n_samples, batch)  # (n_samples, batch)
     predicted = (draws * attribution[None]).flatten(2).sum(-1)  # (n_samples, batch)
     if normalize:

@@ -53,13 +53,13 @@ def as_model(model: Any, params: Params | None, owner: str) -> tuple[Callable, d
 
 
 def class_scores(fn: Callable, params: Params, input: Tensor, target: Tensor,
-                 softmax: bool) -> Tensor:
+                 softmax: bool, owner: str) -> Tensor:
     """``fn(params, input)[i, target[i]]`` (optionally of the softmax), without autograd."""
     with torch.inference_mode():
         output = fn(params, input)
         if output.ndim != 2:
             raise ValueError(
-                f"metrics: expected a model output of shape (batch, classes), got "
+                f"{owner}(model=...): expected a model output of shape (batch, classes), got "
                 f"{tuple(output.shape)}. Wrap the model so that it returns class scores."
             )
         if softmax:
@@ -69,7 +69,7 @@ def class_scores(fn: Callable, params: Params, input: Tensor, target: Tensor,
 
 def chunked_scores(fn: Callable, params: Params, total: int,
                    make: Callable[[Tensor], tuple[Tensor, Tensor]],
-                   chunk_size: int | None, softmax: bool) -> Tensor:
+                   chunk_size: int | None, softmax: bool, owner: str) -> Tensor:
     """Scores of ``total`` inputs built by ``make(indices) -> (inputs, targets)``, in chunks.
 
     The perturbed inputs of every step and sample are stacked into batches of ``chunk_size``
@@ -78,5 +78,5 @@ def chunked_scores(fn: Callable, params: Params, total: int,
     out = []
     for start, stop in chunk_ranges(total, chunk_size):
         inputs, targets = make(torch.arange(start, stop))
-        out.append(class_scores(fn, params, inputs, targets, softmax))
+        out.append(class_scores(fn, params, inputs, targets, softmax, owner))
     return torch.cat(out) if out else torch.empty(0)
