@@ -16,6 +16,12 @@ and ratios of the fastest. Sections:
   ``multi_target`` against five Zennit calls and five funcattr calls.
 - ``memory``: peak resident memory (``VmHWM`` of a fresh subprocess per setting) of
   SmoothGrad on ResNet18 with 32 samples at ``chunk_size`` None / 8 / 2 / 1.
+- ``classes``: the Zennit-style ``Gradient`` class on VGG16 (batch 4, EpsilonGammaBox,
+  ``--quick``: 112x112): a call inside ``with``, a call outside it (which enters and leaves
+  the attributor) and the pure ``gradient`` on the same ``(fn, params)``.
+
+``chunk_size`` counts model inputs (images per model call); with the batch of 1 used here it
+equals the number of samples, path points or windows per step.
 """
 
 from __future__ import annotations
@@ -275,6 +281,32 @@ def vgg_section(quick: bool, repeats: int) -> None:
            interleaved(cases, repeats), "funcattr multi_target top-5")
 
 
+def classes_section(quick: bool, repeats: int) -> None:
+    """A call of the stateful class outside ``with`` costs what a call inside does: the
+    attributor functionalizes once and keeps ``(fn, params)`` between calls."""
+    from funcattr import composites as fc
+    from funcattr.attribution import Gradient
+
+    torch.manual_seed(0)
+    model = frozen(torchvision.models.vgg16(weights=None))
+    size = 112 if quick else 224
+    x = torch.randn(4, 3, size, size)
+    composite = fc.EpsilonGammaBox(low=-3.0, high=3.0)
+    seed = one_hot(3, times_output=True)
+    fn, params = funcattr.functionalize(model, composite)
+    outside = Gradient(model, composite)
+    inside = Gradient(model, composite)
+    cases = {
+        "Gradient call inside with": lambda: inside(x, seed),
+        "Gradient call outside with": lambda: outside(x, seed),
+        "pure gradient(fn, params, ...)": lambda: gradient(fn, params, x, seed),
+    }
+    with inside:
+        results = interleaved(cases, repeats)
+    report(f"VGG16 4x3x{size}x{size}, EpsilonGammaBox, Gradient class", results,
+           "Gradient call inside with")
+
+
 MEMORY_SETTINGS = [None, 8, 2, 1]
 
 
@@ -327,8 +359,9 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="VGG16 at 112x112")
-    parser.add_argument("--only", nargs="*", default=["small", "resnet", "vgg", "memory"],
-                        choices=["small", "resnet", "vgg", "memory"])
+    parser.add_argument("--only", nargs="*",
+                        default=["small", "resnet", "vgg", "classes", "memory"],
+                        choices=["small", "resnet", "vgg", "classes", "memory"])
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -351,6 +384,8 @@ def main() -> None:
                        window=32, repeats=args.repeats, strategies=True)
     if "vgg" in args.only:
         vgg_section(args.quick, args.repeats)
+    if "classes" in args.only:
+        classes_section(args.quick, args.repeats)
     if "memory" in args.only:
         memory_section()
 
