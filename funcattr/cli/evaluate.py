@@ -43,6 +43,8 @@ from funcattr.cli.models import LoadedModel
 from funcattr.cli.options import (
     attributor_option_names,
     attributor_options,
+    attributor_settings,
+    attributor_values,
     check_option_use,
     image_arguments,
     model_from_options,
@@ -267,8 +269,7 @@ def render_table(table: Any) -> str:
 # The command
 # --------------------------------------------------------------------------------------------
 
-def _make_method(name: str, options: dict[str, Any], chunk_size: int, *, seed: int,
-                 window: tuple[int, int], stride: tuple[int, int]) -> Callable:
+def _make_method(name: str, values: dict[str, Any], chunk_size: int, seed: int) -> Callable:
     """``method(fn, params, input, attr_output_fn) -> (output, attribution)`` for attributor
     ``name`` with the command's options; an int seed draws the same noise on every call, so a
     noisy method is a deterministic function of its input."""
@@ -278,8 +279,6 @@ def _make_method(name: str, options: dict[str, Any], chunk_size: int, *, seed: i
         return attribute(name, fn, params, input, attr_output_fn, chunk_size=chunk_size,
                          generator=seed, **values)
 
-    values = {**{n: options[n] for n in attributor_option_names()}, "window": window,
-              "stride": stride}
 
     method.__name__ = name
     return method
@@ -449,6 +448,7 @@ def run_evaluate(ctx: click.Context, **options: Any) -> dict:
 
     size = loaded.input_size
     window, stride = image_window(options, size)
+    values = attributor_values(options, window=window, stride=stride)
     canonizers, canonizer_text = resolve_canonizers(options["canonizer"], loaded)
 
     explainers = {}
@@ -459,8 +459,7 @@ def run_evaluate(ctx: click.Context, **options: Any) -> dict:
                 loaded.model, composite, canonizers=canonizers if composite else None,
                 # occlusion measures the score itself, as in funcattr explain
                 times_output=options["times_output"] or method.spec.scores,
-                method=_make_method(method.spec.name, options, chunk, seed=options["seed"],
-                                    window=window, stride=stride),
+                method=_make_method(method.spec.name, values, chunk, options["seed"]),
             )
 
     planned = [_TABLE_CSV, _TABLE_MD, _JSON_FILE, *plots.values()]
@@ -501,9 +500,7 @@ def run_evaluate(ctx: click.Context, **options: Any) -> dict:
         "chunk_size": chunk,
         "device": str(device),
     }
-    for option in {o.name: o for m in methods for o in m.spec.options}.values():
-        value = {"window": window, "stride": stride}.get(option.name, options[option.name])
-        settings[option.name] = "x".join(map(str, value)) if option.kind == "size" else value
+    settings.update(attributor_settings([m.spec.name for m in methods], values))
     accuracy = None if known is None else float((predicted == known).double().mean())
     rendered = render_table(table)
     record = {

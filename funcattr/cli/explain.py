@@ -45,6 +45,8 @@ from funcattr.cli.options import (
     AttributorChoice,
     attributor_option_names,
     attributor_options,
+    attributor_settings,
+    attributor_values,
     check_option_use,
     input_options,
     model_from_options,
@@ -181,6 +183,7 @@ def run_explain(ctx: click.Context, **options: Any) -> dict:
     canonizers, canonizer_text = resolve_canonizers(options["canonizer"], loaded)
     size = loaded.input_size
     window, stride = image_window(options, size)
+    values = attributor_values(options, window=window, stride=stride)
     try:
         fn, params = functionalize(loaded.model, composite, canonizers)
     except (ValueError, TypeError) as error:
@@ -215,9 +218,7 @@ def run_explain(ctx: click.Context, **options: Any) -> dict:
         "relevance norm": options["relevance_norm"],
         "device": str(loaded.device),
     }
-    for option in spec.options:
-        value = {"window": window, "stride": stride}.get(option.name, options[option.name])
-        settings[option.name] = "x".join(map(str, value)) if option.kind == "size" else value
+    settings.update(attributor_settings([attributor], values))
     if spec.random:
         settings["noise seed"] = options["seed"]
 
@@ -225,8 +226,7 @@ def run_explain(ctx: click.Context, **options: Any) -> dict:
     try:
         staging.check_replaceable(planned)
         records, relevance_all, report_entries = _explain_all(
-            samples, loaded, fn, params, target, staging, options,
-            window=window, stride=stride, quiet=quiet,
+            samples, loaded, fn, params, target, staging, options, values, quiet=quiet,
         )
         if options["relevance_format"] == "npz":
             np.savez(
@@ -324,8 +324,7 @@ def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
         yield items[start:start + size]
 
 
-def _explain_all(samples, loaded, fn, params, target, staging, options, *, window, stride,
-                 quiet):
+def _explain_all(samples, loaded, fn, params, target, staging, options, values, *, quiet):
     count = target.count()
     attributor = options["attributor"]
     times_output = options["times_output"] or ATTRIBUTORS[attributor].scores
@@ -354,9 +353,8 @@ def _explain_all(samples, loaded, fn, params, target, staging, options, *, windo
                 with reported_errors(failed, fix="Try --canonizer auto or another --composite;",
                                      memory="lower --batch-size or --chunk-size"):
                     _, attribution = attribute(
-                        attributor, fn, params, x, seed_fn, chunk_size=options["chunk_size"]
-                        or auto_chunk_size(x), generator=generator, n_iter=options["n_iter"],
-                        noise_level=options["noise_level"], window=window, stride=stride,
+                        attributor, fn, params, x, seed_fn, generator=generator,
+                        chunk_size=options["chunk_size"] or auto_chunk_size(x), **values,
                     )
                 relevance.append(attribution.detach().float().cpu())
                 tick(len(batch))

@@ -25,6 +25,8 @@ __all__ = [
     "PairType",
     "attributor_option_names",
     "attributor_options",
+    "attributor_settings",
+    "attributor_values",
     "check_option_use",
     "explicit",
     "image_arguments",
@@ -153,6 +155,23 @@ def check_option_use(ctx: click.Context, attributors: Iterable[str], names: Iter
 def attributor_option_names() -> list[str]:
     """The names of the options :func:`attributor_options` adds."""
     return list(_registered_options())
+
+
+def attributor_values(options: dict[str, Any], **resolved: Any) -> dict[str, Any]:
+    """The values of the attributor options among a command's ``options``, with ``resolved``
+    ones (say the window computed from the image size) in place of the given ones."""
+    return {**{name: options[name] for name in attributor_option_names()}, **resolved}
+
+
+def attributor_settings(attributors: Iterable[str], values: dict[str, Any]) -> dict[str, Any]:
+    """The option values the ``attributors`` use, as recorded in a command's settings
+    (sizes as ``HxW``)."""
+    settings: dict[str, Any] = {}
+    for attributor in dict.fromkeys(attributors):
+        for option in ATTRIBUTORS[attributor].options:
+            value = values[option.name]
+            settings[option.name] = "x".join(map(str, value)) if option.kind == "size" else value
+    return settings
 
 
 def model_options(function: Callable) -> Callable:
