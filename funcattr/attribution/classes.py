@@ -11,7 +11,7 @@ eval mode, a parameter or buffer replaced) or the composite was replaced.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -52,14 +52,23 @@ class _RuleApplied(nn.Module):
         return self.__dict__["fn"](params, input, *args, **kwargs)
 
 
-def _fingerprint(model: nn.Module, composite: Any) -> Hashable:
+class _Fingerprint:
     """What ``functionalize(model, composite)``'s result depends on besides tensor values:
-    the module objects and their training flags, the parameter and buffer objects and their
-    storage, and the composite object."""
-    modules = tuple((id(module), module.training) for module in model.modules())
-    tensors = tuple((id(value), value.data_ptr()) for value in (
-        *model.parameters(), *model.buffers()))
-    return id(composite), modules, tensors
+    the composite object, the module objects and their training flags, the parameter and
+    buffer objects and their storage. It holds the objects (so that their ids cannot be reused)
+    and compares them by identity."""
+
+    def __init__(self, model: nn.Module, composite: Any) -> None:
+        self.objects = (composite, *model.modules(), *model.parameters(), *model.buffers())
+        self.states = tuple(module.training for module in model.modules()) + tuple(
+            value.data_ptr() for value in (*model.parameters(), *model.buffers()))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Fingerprint) and self.states == other.states and len(
+            self.objects) == len(other.objects) and all(
+            mine is theirs for mine, theirs in zip(self.objects, other.objects))
+
+    __hash__ = None
 
 
 class Attributor(ABC):
@@ -89,12 +98,12 @@ class Attributor(ABC):
         self.composite = composite
         self.attr_output_fn = as_attr_output_fn(attr_output, type(self).__name__, "attr_output")
         self._depth = 0
-        self._built: tuple[Hashable, FunctionalModel, dict[str, Tensor]] | None = None
+        self._built: tuple[_Fingerprint, FunctionalModel, dict[str, Tensor]] | None = None
         self._ruled: _RuleApplied | None = None
 
     # -- the functional state: built once, reused while the model is the same -------------
     def _functional(self) -> tuple[FunctionalModel, dict[str, Tensor]]:
-        key = _fingerprint(self._model, self.composite)
+        key = _Fingerprint(self._model, self.composite)
         if self._built is None or self._built[0] != key:
             fn, params = functionalize(self._model, self.composite)
             self._built, self._ruled = (key, fn, params), None

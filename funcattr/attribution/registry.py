@@ -9,7 +9,7 @@ must be of a kind the command line knows: see :data:`OPTION_KINDS`).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,11 +32,9 @@ __all__ = [
     "OPTION_KINDS",
     "AttributorOption",
     "AttributorSpec",
-    "attributor_names",
     "get_attributor",
     "input_times_gradient",
     "register_attributor",
-    "users_of",
 ]
 
 #: The kinds of option values: kind -> what a value is.
@@ -203,16 +201,3 @@ register_attributor(AttributorSpec(
     summary="input times gradient (Integrated Gradients with one point)",
 ))
 
-
-def attributor_names(include_aliases: bool = False) -> list[str]:
-    """The registered names (and, with ``include_aliases``, the deprecated aliases)."""
-    names = list(ATTRIBUTORS)
-    if include_aliases:
-        names += [alias for spec in ATTRIBUTORS.values() for alias in spec.aliases]
-    return names
-
-
-def users_of(option: str, specs: Mapping[str, AttributorSpec] | None = None) -> list[str]:
-    """The attributors that take ``option``."""
-    specs = ATTRIBUTORS if specs is None else specs
-    return [name for name, spec in specs.items() if spec.option(option) is not None]
