@@ -14,6 +14,7 @@ The methods come from the attributor registry, the metrics from the metric regis
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import difflib
 import json
@@ -185,8 +186,6 @@ def parse_metrics(values: Sequence[str]) -> tuple[tuple[str, ...], bool]:
 
 
 def _literal(text: str) -> Any:
-    import ast
-
     lowered = text.strip().lower()
     if lowered in ("true", "false", "none"):
         return {"true": True, "false": False, "none": None}[lowered]
@@ -216,7 +215,8 @@ def parse_options(values: Sequence[str], metrics: Sequence[str]) -> dict[str, di
         if metric not in metrics:
             raise click.BadParameter(
                 f"{value!r}: {metric} is not evaluated; expected one of the metrics "
-                f"{', '.join(metrics)}.", param_hint="--option",
+                f"{', '.join(metrics)}. Add it with --metric {metric}, or drop the option.",
+                param_hint="--option",
             )
         known = metric_keywords(metric)
         if key not in known:
@@ -278,7 +278,6 @@ def _make_method(name: str, values: dict[str, Any], chunk_size: int, seed: int) 
                attr_output_fn: Callable) -> tuple[Tensor, Tensor]:
         return attribute(name, fn, params, input, attr_output_fn, chunk_size=chunk_size,
                          generator=seed, **values)
-
 
     method.__name__ = name
     return method
@@ -368,8 +367,8 @@ def _merge(parts: list[Any]) -> Any:
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None,
               help="Images per model or attributor call [default: about 2^18 pixels].")
 @click.option("--plot", is_flag=True,
-              help="Also draw the perturbation curves: pixel_flipping.png (and "
-                   "region_perturbation.png).")
+              help="Also draw the perturbation curves of the curve metrics evaluated: "
+                   + ", ".join(f"{n}.png" for n, s in METRIC_SPECS.items() if s.curves) + ".")
 @click.option("--output", "-o", type=click.Path(path_type=Path),
               default=Path("funcattr-evaluation"), show_default=True, help="Output folder.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
