@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from funcattr.attribution.options import (
+    baseline_of,
     check_batched,
     check_chunk_size,
     check_generator,
@@ -39,7 +40,7 @@ from funcattr.attribution.targets import (
     target_index,
 )
 
-__all__ = ["baseline_of", "draw_noise", "integrated_gradients", "multi_target", "smooth_grad"]
+__all__ = ["draw_noise", "integrated_gradients", "multi_target", "smooth_grad"]
 
 
 def draw_noise(input: Tensor, count: int, generator: int | torch.Generator | None,
@@ -151,36 +152,6 @@ def smooth_grad(fn: Callable, params: Params, input: Tensor, attr_output_fn: Att
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
     return mean_gradient(fn, params, input, samples, n_iter, attr_output_fn, chunk_size, owner)
-
-
-def baseline_of(baseline_fn: Any, input: Tensor, owner: str) -> Tensor:
-    """The baseline of Integrated Gradients: ``baseline_fn(input)``, a tensor, or zeros."""
-    if baseline_fn is None:
-        return torch.zeros_like(input)
-    if isinstance(baseline_fn, Tensor):
-        baseline = baseline_fn
-    elif callable(baseline_fn):
-        baseline = baseline_fn(input)
-    else:
-        raise TypeError(
-            f"{owner}(baseline_fn={type(baseline_fn).__name__}): expected None (zeros), a "
-            f"callable input -> baseline, or a tensor, got {type(baseline_fn).__name__}. Pass "
-            f"e.g. baseline_fn=torch.zeros_like."
-        )
-    shape = tuple(input.shape)
-    got = tuple(baseline.shape) if isinstance(baseline, Tensor) else type(baseline).__name__
-    try:
-        fits = isinstance(baseline, Tensor) and torch.broadcast_shapes(baseline.shape,
-                                                                       shape) == shape
-    except RuntimeError:
-        fits = False
-    if not fits:
-        raise ValueError(
-            f"{owner}(baseline_fn=...): expected a baseline shaped like the input {shape} (or "
-            f"broadcasting to it, e.g. (1, C, 1, 1)), got {got}. Pass e.g. "
-            f"baseline_fn=torch.zeros_like."
-        )
-    return baseline
 
 
 def integrated_gradients(fn: Callable, params: Params, input: Tensor,

@@ -24,6 +24,7 @@ from torch import Tensor
 from funcattr.core import concrete_value
 
 __all__ = [
+    "baseline_of",
     "check_batched",
     "check_chunk_size",
     "check_generator",
@@ -149,6 +150,36 @@ def check_window(value: Any, name: str, owner: str) -> None:
             f"{owner}({name}={value!r}): expected sizes >= 1, got {value!r}. Pass e.g. "
             f"{name}=8 or {name}=(8, 8)."
         )
+
+
+def baseline_of(baseline_fn: Any, input: Tensor, owner: str) -> Tensor:
+    """The baseline of Integrated Gradients: ``baseline_fn(input)``, a tensor, or zeros."""
+    if baseline_fn is None:
+        return torch.zeros_like(input)
+    if isinstance(baseline_fn, Tensor):
+        baseline = baseline_fn
+    elif callable(baseline_fn):
+        baseline = baseline_fn(input)
+    else:
+        raise TypeError(
+            f"{owner}(baseline_fn={type(baseline_fn).__name__}): expected None (zeros), a "
+            f"callable input -> baseline, or a tensor, got {type(baseline_fn).__name__}. Pass "
+            f"e.g. baseline_fn=torch.zeros_like."
+        )
+    shape = tuple(input.shape)
+    got = tuple(baseline.shape) if isinstance(baseline, Tensor) else type(baseline).__name__
+    try:
+        fits = isinstance(baseline, Tensor) and torch.broadcast_shapes(baseline.shape,
+                                                                       shape) == shape
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"{owner}(baseline_fn=...): expected a baseline shaped like the input {shape} (or "
+            f"broadcasting to it, e.g. (1, C, 1, 1)), got {got}. Pass e.g. "
+            f"baseline_fn=torch.zeros_like."
+        )
+    return baseline
 
 
 def check_input(input: Any, owner: str, name: str = "input") -> Tensor:
