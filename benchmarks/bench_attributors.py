@@ -41,6 +41,7 @@ import torchvision
 from torch import nn
 
 import funcattr
+from funcattr.allocator import warm_allocator
 from funcattr.attribution import (
     gradient,
     integrated_gradients,
@@ -365,6 +366,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    warm_allocator()  # as an application would (see funcattr.allocator)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.memory_child is not None:

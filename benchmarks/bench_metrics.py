@@ -34,6 +34,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from funcattr import functionalize
+from funcattr.allocator import warm_allocator
 from funcattr.demo import load_demo_model, load_demo_samples
 from funcattr.metrics import explainer, max_sensitivity, pixel_flipping, region_perturbation
 
@@ -102,6 +103,7 @@ def main() -> None:
                         help="inputs per model call (default: 32, the metrics' default)")
     parser.add_argument("--quick", action="store_true", help="batch 4, one repeat")
     args = parser.parse_args()
+    warm_allocator()  # as an application would (see funcattr.allocator)
     if args.quick:
         args.batch, args.repeats = 4, 1
     warnings.filterwarnings("ignore")

@@ -105,7 +105,7 @@ def _compile_error(source: str, expected: str, got: str) -> RuntimeError:
     )
 
 
-def _check_level(caller: str, level: object) -> None:
+def check_level(caller: str, level: object) -> None:
     """Check a palette ``level`` before any work: a real number that is not NaN."""
     if not isinstance(level, numbers.Real):
         raise TypeError(
@@ -282,7 +282,7 @@ class ColorMap:
             Palette entry ``k`` is the colour at ``(1 + level * (2k/255 - 1)) / 2``, clipped to
             [0, 1], scaled to 0 to 255 and truncated.
         """
-        _check_level("ColorMap.palette", level)
+        check_level("ColorMap.palette", level)
         positions = np.linspace(-1.0, 1.0, 256, dtype=np.float64) * level
         rgb = self(((positions + 1.0) / 2.0).clip(0.0, 1.0))
         return (rgb * 255.0).round(12).clip(0.0, 255.0).astype(np.uint8)

@@ -27,7 +27,7 @@ import torch
 from numpy.typing import ArrayLike
 from PIL import Image
 
-from .cmap import ColorMap, LazyColorMapCache, _check_level
+from .cmap import ColorMap, LazyColorMapCache, check_level
 
 __all__ = ["CMAPS", "get_cmap", "gridify", "imgify", "imsave", "interval_norm_bounds", "palette"]
 
@@ -172,7 +172,7 @@ def palette(cmap: str | ColorMap = "bwr", level: float = 1.0) -> np.ndarray:
     numpy.ndarray
         The palette, one RGB row per palette index.
     """
-    _check_level("palette", level)
+    check_level("palette", level)
     return _resolve_cmap("palette", cmap).palette(level)
 
 
@@ -306,7 +306,7 @@ def imgify(
         wrong type.
     """
     gridded, shape = _grid_option(grid)
-    _check_level("imgify", level)
+    check_level("imgify", level)
     colormap = _resolve_cmap("imgify", cmap)
 
     array = _to_numpy(obj)

@@ -38,7 +38,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("transformers, datasets", ("transformers", "datasets")),
     ("image, cmap, report", ("cmap", "image", "report")),
     ("metrics", ("metrics",)),
-    ("cli", ("cli", "cli_evaluate", "cli_models", "cli_samples", "demo", "__main__")),
+    ("cli", ("cli", "demo", "__main__")),
 ]
 #: Layer entries whose modules do not exist yet (the issues that add them).
 PLANNED = {"transformers", "datasets"}
@@ -204,7 +204,7 @@ def test_face_names_each_public_module():
 
     public = {name for _, names in LAYERS for name in names if not _is_private(name)}
     entry_points = {"torchvision", "module_tree", "ruled", "functional", "report", "demo",
-                    "cli", "cli_evaluate", "cli_models", "cli_samples", "__main__"}
+                    "cli", "__main__"}
     assert sorted(public - PLANNED - entry_points - set(funcattr.__all__)) == []
 
 
