@@ -30,26 +30,9 @@ from funcattr.attribution.options import (
 from funcattr.attribution.pullback import gradient
 from funcattr.attribution.targets import AttrOutput, as_attr_output_fn
 from funcattr.functional import FunctionalModel, functionalize
+from funcattr.ruled import LiveModel
 
 __all__ = ["Attributor", "Gradient", "IntegratedGradients", "Occlusion", "SmoothGrad"]
-
-
-class _RuleApplied(nn.Module):
-    """``model(input)`` with the rules of ``fn``: what ``self.model`` is while an attributor
-    with a composite is active, for subclasses written for Zennit. It computes with the model's
-    own (live) parameters, so a relevance taken with ``create_graph=True`` can be
-    differentiated with respect to them."""
-
-    def __init__(self, model: nn.Module, fn: FunctionalModel) -> None:
-        super().__init__()
-        self.__dict__["model"] = model  # not registered: its parameters stay the model's own
-        self.__dict__["fn"] = fn
-
-    def forward(self, input: Any, *args, **kwargs) -> Any:
-        model = self.__dict__["model"]
-        params = dict(model.named_parameters())
-        params.update(dict(model.named_buffers()))
-        return self.__dict__["fn"](params, input, *args, **kwargs)
 
 
 class _Fingerprint:
@@ -99,7 +82,7 @@ class Attributor(ABC):
         self.attr_output_fn = as_attr_output_fn(attr_output, type(self).__name__, "attr_output")
         self._depth = 0
         self._built: tuple[_Fingerprint, FunctionalModel, dict[str, Tensor]] | None = None
-        self._ruled: _RuleApplied | None = None
+        self._ruled: LiveModel | None = None
 
     # -- the functional state: built once, reused while the model is the same -------------
     def _functional(self) -> tuple[FunctionalModel, dict[str, Tensor]]:
@@ -115,7 +98,7 @@ class Attributor(ABC):
         if self._depth == 0 or self.composite is None:
             return self._model
         if self._ruled is None:
-            self._ruled = _RuleApplied(self._model, self._active_state()[0])
+            self._ruled = LiveModel(self._model, self._active_state()[0])
         return self._ruled
 
     @model.setter
