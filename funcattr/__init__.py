@@ -10,7 +10,9 @@ The public surface, by layer (``docs/architecture.md`` has the whole map):
   ``composites``, ``attribution``; ``metrics``, ``image``, ``cmap`` and ``torchvision``
   (canonizers for torchvision models) load on first use;
 - registries: ``COMPOSITES`` / ``get_composite`` / ``register_composite`` /
-  ``assign_rules``, ``CANONIZERS`` / ``get_canonizer`` / ``canonizers_for``;
+  ``assign_rules``, ``CANONIZERS`` / ``get_canonizer`` / ``canonizers_for``,
+  ``ATTRIBUTORS`` / ``get_attributor`` / ``register_attributor``, and (on first use)
+  ``METRICS`` / ``get_metric`` / ``register_metric``;
 - ``functionalize(model, composite, canonizers) -> (fn, params)``;
 - attributors: ``gradient``, ``pullback``, ``multi_target``, ``smooth_grad``,
   ``integrated_gradients``, ``occlusion`` and Zennit's classes ``Attributor``, ``Gradient``,
@@ -26,17 +28,20 @@ from typing import Any
 from funcattr import allocator, attribution, canonizers, composites, core, layer, rules, types
 from funcattr.allocator import warm_allocator
 from funcattr.attribution import (
+    ATTRIBUTORS,
     Attributor,
     Gradient,
     IntegratedGradients,
     Occlusion,
     SmoothGrad,
+    get_attributor,
     gradient,
     integrated_gradients,
     multi_target,
     occlusion,
     one_hot,
     pullback,
+    register_attributor,
     smooth_grad,
     top_k_targets,
 )
@@ -51,11 +56,16 @@ _ON_FIRST_USE = {
     "imgify": ("funcattr.image", "imgify"),
     "imsave": ("funcattr.image", "imsave"),
     "metrics": ("funcattr.metrics", None),
+    "METRICS": ("funcattr.metrics.registry", "METRICS"),
+    "get_metric": ("funcattr.metrics.registry", "get_metric"),
+    "register_metric": ("funcattr.metrics.registry", "register_metric"),
 }
 
 __all__ = [
+    "ATTRIBUTORS",
     "CANONIZERS",
     "COMPOSITES",
+    "METRICS",
     "Attributor",
     "Gradient",
     "IntegratedGradients",
@@ -70,8 +80,10 @@ __all__ = [
     "composites",
     "core",
     "functionalize",
+    "get_attributor",
     "get_canonizer",
     "get_composite",
+    "get_metric",
     "gradient",
     "image",
     "imgify",
@@ -83,7 +95,9 @@ __all__ = [
     "occlusion",
     "one_hot",
     "pullback",
+    "register_attributor",
     "register_composite",
+    "register_metric",
     "rules",
     "smooth_grad",
     "top_k_targets",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from funcattr.allocator import warm_allocator
+
 __all__ = ["main"]
 
 
@@ -16,3 +18,4 @@ def main() -> None:
     Start with `funcattr explain`, which explains the built-in demo model on its sample
     images and writes heatmaps and an HTML report to ./funcattr-output.
     """
+    warm_allocator()  # a command line process is ours to tune (see funcattr.allocator)
