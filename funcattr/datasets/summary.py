@@ -1,0 +1,199 @@
+"""Dataset-level outputs of an explanation run, written by rank 0 from the finished store.
+
+* ``summary/`` in the store: ``class_count`` ``(K,)``, ``class_mean`` ``(K, *item)`` (the mean
+  relevance of each class's items), ``class_mean_normalized`` (the mean of each item's relevance
+  divided by its absolute sum, so every item weighs the same) and the mean metric curves;
+* ``class_means.png``: the normalised class means (channels summed), one tile per class that has
+  items, in class order;
+* ``class_stats.csv``: per class (and for all items) the counts, accuracy, score, relevance
+  statistics and metric means;
+* ``metrics.csv``: per metric column the mean, standard deviation and count over the dataset.
+
+Items are grouped by their label where the dataset has labels, else by their prediction.
+The relevance is read back chunk by chunk, so memory stays bounded by one chunk.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from funcattr.datasets.evaluation import higher_is_better
+from funcattr.datasets.store import DONE, FAILED, PENDING, open_node
+from funcattr.image import imsave
+
+__all__ = ["summarize_explanation"]
+
+_ITEM_STATS = ("prediction", "target", "score", "relevance_sum", "relevance_abs_sum",
+               "relevance_positive_sum")
+
+
+def _mean(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else math.nan
+
+
+def _std(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(finite.std()) if finite.size else math.nan
+
+
+def _class_means(relevance: Any, chunk: int, groups: np.ndarray, done: np.ndarray,
+                 abs_sum: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class mean relevance, plain and normalised per item, read one chunk at a time."""
+    shape = relevance.shape[1:]
+    sums = np.zeros((classes, *shape))
+    normalized = np.zeros((classes, *shape))
+    for start in range(0, relevance.shape[0], chunk):
+        stop = min(start + chunk, relevance.shape[0])
+        rows = done[start:stop]
+        if not rows.any():
+            continue
+        block = relevance[start:stop][rows].astype(np.float64)
+        group = groups[start:stop][rows]
+        scale = abs_sum[start:stop][rows]
+        scale = np.where(scale > 0, scale, 1.0).reshape(-1, *([1] * len(shape)))
+        for k in np.unique(group):
+            members = group == k
+            sums[k] += block[members].sum(axis=0)
+            normalized[k] += (block[members] / scale[members]).sum(axis=0)
+    counts = np.bincount(groups[done], minlength=classes).astype(np.float64)
+    divisor = np.maximum(counts, 1).reshape(-1, *([1] * len(shape)))
+    return sums / divisor, normalized / divisor
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.10g}" if isinstance(v, float) else v)
+                             for k, v in row.items()})
+
+
+def _class_row(key: Any, name: str, members: np.ndarray, done: np.ndarray,
+               status: np.ndarray, items: dict[str, np.ndarray], labels: np.ndarray | None,
+               metrics: dict[str, np.ndarray]) -> dict[str, Any]:
+    ok = members & done
+    row: dict[str, Any] = {
+        "class": key, "name": name, "items": int(ok.sum()),
+        "failed": int((members & (status == FAILED)).sum()),
+    }
+    if labels is not None:
+        row["accuracy"] = (float((items["prediction"][ok] == labels[ok]).mean())
+                           if ok.any() else math.nan)
+    abs_sum = items["relevance_abs_sum"][ok]
+    positive_share = np.where(abs_sum > 0, items["relevance_positive_sum"][ok] /
+                              np.where(abs_sum > 0, abs_sum, 1), np.nan)
+    row.update({
+        "score_mean": _mean(items["score"][ok]),
+        "relevance_sum_mean": _mean(items["relevance_sum"][ok]),
+        "relevance_sum_std": _std(items["relevance_sum"][ok]),
+        "relevance_abs_sum_mean": _mean(abs_sum),
+        "positive_share_mean": _mean(positive_share),
+    })
+    for column, values in metrics.items():
+        row[column] = _mean(values[ok])
+    return row
+
+
+def summarize_explanation(folder: Path, group: str, class_names: Sequence[str] | None,
+                          channel_axis: int = 0) -> dict[str, Any]:
+    """Write the dataset-level outputs of an explanation store; return the summary dict.
+
+    Parameters
+    ----------
+    folder : Path
+        The run folder.
+    group : str
+        The explanation's group in the store.
+    class_names : sequence of str, optional
+        Names of the classes (the dataset's ``classes``).
+    channel_axis : int
+        The axis of an item's relevance summed for the class-mean picture.
+    """
+    node = open_node(folder, group)
+    status = node["items/status"][:]
+    done = status == DONE
+    items = {name: node[f"items/{name}"][:] for name in _ITEM_STATS}
+    labels = node["items/label"][:]
+    has_labels = bool((labels[done] >= 0).any()) if done.any() else bool((labels >= 0).any())
+    # a failed item counts for its label's class; without labels, only done items have one
+    groups = labels if has_labels else np.where(done, items["prediction"], -1)
+    classes = int(node["output"].shape[1])
+    groups = np.where((groups >= 0) & (groups < classes), groups, -1)
+    valid = groups >= 0
+    metrics = {}
+    curves = {}
+    if "metrics" in node:
+        for name in sorted(node["metrics"].array_keys()):
+            values = node[f"metrics/{name}"]
+            if name.endswith("_curve"):
+                curves[name] = values
+            else:
+                metrics[name] = values[:].astype(np.float64)
+
+    def name_of(k: int) -> str:
+        return str(class_names[k]) if class_names is not None and k < len(class_names) else str(k)
+
+    rows = [_class_row(k, name_of(k), groups == k, done & valid, status, items,
+                       labels if has_labels else None, metrics)
+            for k in range(classes) if (groups == k).any()]
+    rows.append(_class_row("all", "all", np.ones_like(done), done, status, items,
+                           labels if has_labels else None, metrics))
+    _write_csv(folder / "class_stats.csv", rows)
+
+    files = ["class_stats.csv"]
+    summary_group = node.require_group("summary")
+    counts = np.bincount(groups[done & valid], minlength=classes)
+    summary_group.create_array("class_count", data=counts.astype(np.int64), overwrite=True,
+                               dimension_names=("class",))
+    chunk = int(node["items/status"].chunks[0])
+    if "relevance" in node:
+        relevance = node["relevance"]
+        means, normalized = _class_means(relevance, chunk, np.where(valid, groups, 0),
+                                         done & valid, items["relevance_abs_sum"], classes)
+        dims = ("class", *relevance.metadata.dimension_names[1:])
+        for name, array in (("class_mean", means), ("class_mean_normalized", normalized)):
+            summary_group.create_array(name, data=array.astype(np.float32), overwrite=True,
+                                       dimension_names=dims)
+        present = [k for k in range(classes) if counts[k] > 0]
+        if present and len(relevance.shape) == 4:
+            heatmaps = normalized[present].sum(axis=1 + channel_axis)
+            columns = min(len(present), 8)
+            grid = (-(-len(present) // columns), columns)
+            imsave(folder / "class_means.png", heatmaps, grid=grid, symmetric=True, cmap="bwr")
+            files.append("class_means.png")
+    for name, values in curves.items():
+        total = np.zeros(values.shape[1:])
+        for start in range(0, values.shape[0], chunk):
+            stop = min(start + chunk, values.shape[0])
+            rows_done = done[start:stop]
+            if rows_done.any():
+                total += np.nan_to_num(values[start:stop][rows_done].astype(np.float64)).sum(0)
+        summary_group.create_array(f"{name}_mean", data=total / max(int(done.sum()), 1),
+                                   overwrite=True, dimension_names=(f"{name}_step",))
+    metric_rows = [{"column": name, "higher_is_better": higher_is_better(name),
+                    "mean": _mean(values[done]), "std": _std(values[done]),
+                    "items": int(np.isfinite(values[done]).sum())}
+                   for name, values in metrics.items()]
+    if metric_rows:
+        _write_csv(folder / "metrics.csv", metric_rows)
+        files.append("metrics.csv")
+    return {
+        "items": int(status.size),
+        "done": int(done.sum()),
+        "failed": int((status == FAILED).sum()),
+        "pending": int((status == PENDING).sum()),
+        "grouped_by": "label" if has_labels else "prediction",
+        "classes": [{k: (None if isinstance(v, float) and math.isnan(v) else v)
+                     for k, v in row.items()} for row in rows],
+        "metrics": {row["column"]: None if math.isnan(row["mean"]) else row["mean"]
+                    for row in metric_rows},
+        "files": files,
+    }
