@@ -15,7 +15,6 @@ from PIL import Image
 import funcattr
 from funcattr.datasets import (
     DONE,
-    FAILED,
     DemoDataset,
     ImageFolder,
     Item,
@@ -110,7 +109,7 @@ def test_image_folder_labels_masks_and_errors(tmp_path):
     with pytest.raises(ValueError, match=r"ImageFolder\(root='.*missing'\): expected a folder"):
         ImageFolder(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="found none. Check the path"):
+    with pytest.raises(ValueError, match=r"found none\. Check the path"):
         ImageFolder(tmp_path / "empty")
     with pytest.raises(ValueError, match=r"ImageFolder\(size=0\)"):
         ImageFolder(tmp_path, size=0)
@@ -326,7 +325,7 @@ def test_changed_settings_are_refused_naming_the_difference(model, tmp_path):
     other = load_demo_model()
     with torch.no_grad():
         other.classifier[2].bias.add_(1.0)
-    with pytest.raises(ValueError, match="model.sha256: "):
+    with pytest.raises(ValueError, match=r"model\.sha256: "):
         explain(other, DemoDataset(8), tmp_path / "run")
     store = explain(model, DemoDataset(8), tmp_path / "run", seed=5, mode="overwrite")
     assert store.settings["seed"] == 5 and store.counts()["done"] == 8
@@ -335,7 +334,7 @@ def test_changed_settings_are_refused_naming_the_difference(model, tmp_path):
 def test_a_foreign_store_is_refused(model, tmp_path):
     zarr.open_group(tmp_path / "run" / "store.zarr", mode="w").attrs["x"] = 1
     for mode in ("resume", "overwrite"):
-        with pytest.raises(ValueError, match="is not a store written by funcattr.datasets"):
+        with pytest.raises(ValueError, match=r"is not a store written by funcattr\.datasets"):
             explain(model, DemoDataset(4), tmp_path / "run", mode=mode)
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="expected a folder for the run's store, got a file"):

@@ -130,8 +130,9 @@ class ImageFolder(torch.utils.data.Dataset):
     or the files of the folder itself without labels.
 
     A file ``NAME_mask.png`` beside ``NAME.png`` is its object mask (non-zero inside), not an
-    item. An item's source is its file path; ``samples`` lists ``(path, label)`` per item. Images are turned upright (EXIF), converted to RGB and, with ``size``, resized to
-    cover ``size`` and centre-cropped to it (masks alike, nearest neighbour). A file that cannot
+    item. An item's source is its file path; ``samples`` lists ``(path, label)`` per item.
+    Images are turned upright (EXIF), converted to RGB and, with ``size``, resized to cover
+    ``size`` and centre-cropped to it (masks alike, nearest neighbour). A file that cannot
     be read fails when its item is loaded, and the run records it.
 
     Parameters
