@@ -61,7 +61,7 @@ class Progress:
         self._last_line = self.start
         self._counts: dict[int, tuple[int, int]] = {}
         if world > 1:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            self.folder.mkdir(parents=True, exist_ok=True)  # before any rank writes its count
 
     def update(self, done: int, failed: int = 0) -> None:
         """Add ``done`` finished items (``failed`` of them failed)."""
@@ -82,8 +82,11 @@ class Progress:
     def _write(self) -> None:
         path = self.folder / f"rank-{self.rank}"
         temporary = path.with_suffix(".partial")
-        temporary.write_text(f"{self.done} {self.failed}\n")
-        os.replace(temporary, path)
+        try:
+            temporary.write_text(f"{self.done} {self.failed}\n")
+            os.replace(temporary, path)
+        except OSError:  # progress is only shown; a full disk is reported by the store
+            pass
 
     def _read(self) -> dict[int, tuple[int, int]]:
         counts = {self.rank: (self.done, self.failed)}

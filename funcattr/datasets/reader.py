@@ -130,7 +130,8 @@ class DatasetStore:
         return [(int(k), str(sources[k]), str(errors[k])) for k in rows]
 
     def class_means(self, normalized: bool = True) -> np.ndarray:
-        """``(classes, *item_shape)`` mean relevance per class from the summary."""
+        """``(classes, H, W)`` mean relevance per class (channels summed) from the summary;
+        ``normalized``: each item's relevance divided by its absolute sum first."""
         name = "class_mean_normalized" if normalized else "class_mean"
         if "summary" not in self.group or name not in self.group["summary"]:
             raise KeyError(f"open_store(...).class_means(): no {name} in the store (the run "

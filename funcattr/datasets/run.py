@@ -16,6 +16,7 @@ as in one process.
 
 from __future__ import annotations
 
+import errno
 import getpass
 import platform
 import socket
@@ -41,6 +42,7 @@ from funcattr.datasets.store import (
     PENDING,
     ChunkWriter,
     Column,
+    StoreFullError,
     create_group,
     differences,
     header_of,
@@ -232,6 +234,13 @@ def _probe(job: Job, reader: ItemReader, owner: str) -> tuple[Loaded, dict[str, 
     )
 
 
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no user name in some containers
+        return ""
+
+
 def _session(processes: Processes, mode: str) -> dict[str, Any]:
     return {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -239,7 +248,7 @@ def _session(processes: Processes, mode: str) -> dict[str, Any]:
         "world_size": processes.world,
         "device": processes.device.type,
         "host": socket.gethostname(),
-        "user": getpass.getuser(),
+        "user": _user(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "funcattr": _version(),
@@ -367,7 +376,18 @@ def run_job(job: Job, dataset: Any, path: str | Path, *, group: str = "", batch_
         _process(job, dataset, folder, group, batch_size, num_workers, progress, processes,
                  plan)
         if summary and processes.rank == 0:
-            update_header(open_node(folder, group), summary=job.summarize(folder, group, dataset))
+            try:
+                update_header(open_node(folder, group),
+                              summary=job.summarize(folder, group, dataset))
+            except OSError as error:
+                if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                raise StoreFullError(
+                    error.errno,
+                    f"{owner}: the disk is full ({error.strerror}) while writing the summary "
+                    f"into {folder}. Every item is stored; free space and run the same call "
+                    f"again to write the summary.",
+                ) from error
         processes.barrier()
     finally:
         processes.close()

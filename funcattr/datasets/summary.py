@@ -1,10 +1,11 @@
 """Dataset-level outputs of an explanation run, written by rank 0 from the finished store.
 
-* ``summary/`` in the store: ``class_count`` ``(K,)``, ``class_mean`` ``(K, *item)`` (the mean
-  relevance of each class's items), ``class_mean_normalized`` (the mean of each item's relevance
-  divided by its absolute sum, so every item weighs the same) and the mean metric curves;
-* ``class_means.png``: the normalised class means (channels summed), one tile per class that has
-  items, in class order;
+* ``summary/`` in the store: ``class_count`` ``(K,)``, ``class_mean`` ``(K, H, W)`` (the mean
+  relevance of each class's items, channels summed), ``class_mean_normalized`` (the mean of each
+  item's relevance divided by its absolute sum, so every item weighs the same) and the mean
+  metric curves (for items that are no images, the item's whole shape);
+* ``class_means.png``: the normalised class means, one tile per class that has items, in class
+  order;
 * ``class_stats.csv``: per class (and for all items) the counts, accuracy, score, relevance
   statistics and metric means;
 * ``metrics.csv``: per metric column the mean, standard deviation and count over the dataset.
@@ -44,17 +45,25 @@ def _std(values: np.ndarray) -> float:
 
 
 def _class_means(relevance: Any, chunk: int, groups: np.ndarray, done: np.ndarray,
-                 abs_sum: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class mean relevance, plain and normalised per item, read one chunk at a time."""
+                 abs_sum: np.ndarray, classes: int,
+                 channel_axis: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class mean relevance (channels summed), plain and normalised per item, read chunk
+    by chunk (reading several chunks at once was no faster and grew the peak memory with the
+    dataset, through the allocator's arenas)."""
     shape = relevance.shape[1:]
+    if channel_axis is not None:
+        shape = shape[:channel_axis] + shape[channel_axis + 1:]
     sums = np.zeros((classes, *shape))
     normalized = np.zeros((classes, *shape))
-    for start in range(0, relevance.shape[0], chunk):
+    for start in range(0, relevance.shape[0], chunk):  # one chunk a read: no memory growth
         stop = min(start + chunk, relevance.shape[0])
         rows = done[start:stop]
         if not rows.any():
             continue
-        block = relevance[start:stop][rows].astype(np.float64)
+        block = relevance[start:stop][rows]
+        if channel_axis is not None:
+            block = block.sum(axis=1 + channel_axis, dtype=np.float32)
+        block = block.astype(np.float64)
         group = groups[start:stop][rows]
         scale = abs_sum[start:stop][rows]
         scale = np.where(scale > 0, scale, 1.0).reshape(-1, *([1] * len(shape)))
@@ -156,18 +165,22 @@ def summarize_explanation(folder: Path, group: str, class_names: Sequence[str] |
     chunk = int(node["items/status"].chunks[0])
     if "relevance" in node:
         relevance = node["relevance"]
+        image = len(relevance.shape) == 4
+        axis = channel_axis if image else None
         means, normalized = _class_means(relevance, chunk, np.where(valid, groups, 0),
-                                         done & valid, items["relevance_abs_sum"], classes)
-        dims = ("class", *relevance.metadata.dimension_names[1:])
+                                         done & valid, items["relevance_abs_sum"], classes, axis)
+        dims = list(relevance.metadata.dimension_names[1:])
+        if axis is not None:
+            del dims[axis]
         for name, array in (("class_mean", means), ("class_mean_normalized", normalized)):
             summary_group.create_array(name, data=array.astype(np.float32), overwrite=True,
-                                       dimension_names=dims)
+                                       dimension_names=("class", *dims))
         present = [k for k in range(classes) if counts[k] > 0]
-        if present and len(relevance.shape) == 4:
-            heatmaps = normalized[present].sum(axis=1 + channel_axis)
+        if present and image:
             columns = min(len(present), 8)
             grid = (-(-len(present) // columns), columns)
-            imsave(folder / "class_means.png", heatmaps, grid=grid, symmetric=True, cmap="bwr")
+            imsave(folder / "class_means.png", normalized[present], grid=grid, symmetric=True,
+                   cmap="bwr")
             files.append("class_means.png")
     for name, values in curves.items():
         total = np.zeros(values.shape[1:])
