@@ -145,6 +145,11 @@ def test_store_holds_the_attribution_of_each_batch(model, images, tmp_path):
     assert store.sessions[0]["world_size"] == 1
 
 
+def test_worker_processes_give_the_same_store(model, tmp_path):
+    assert_same_store(explain(model, DemoDataset(12), tmp_path / "w1", num_workers=1),
+                      explain(model, DemoDataset(12), tmp_path / "w0"))
+
+
 def test_store_opens_with_plain_zarr(model, tmp_path):
     store = explain(model, DemoDataset(8), tmp_path / "run")
     group = zarr.open_group(tmp_path / "run" / "store.zarr", mode="r")
@@ -496,3 +501,50 @@ def test_progress_lines_when_not_a_terminal(model, tmp_path, monkeypatch):
     last = stream.getvalue().splitlines()[-1]
     assert last.startswith("explain_dataset gradient: 8/8 items (100%)")
     assert not (tmp_path / "run" / "progress").exists()
+
+
+# ---- the machinery for other jobs (concepts) ---------------------------------------------
+
+class ChannelMeans:
+    """A job of its own: each item's mean per channel, in a group beside the explanation."""
+
+    owner = "channel_means"
+    label = "channel means"
+
+    def __init__(self, scale: float = 1.0) -> None:
+        self.scale = scale
+
+    def settings(self):
+        return {"job": "channel_means", "scale": self.scale}
+
+    def setup(self, device):
+        self.device = device
+
+    def dims(self, name, shape):
+        return ("channel",) if name == "means" else None
+
+    def __call__(self, batch):
+        return {"means": batch.images.mean(dim=(2, 3)) * self.scale}
+
+    def summarize(self, folder, group, dataset):
+        return {"items": len(dataset)}
+
+
+def test_a_job_of_its_own_in_a_group_of_the_store(model, tmp_path):
+    from funcattr.datasets import run_job
+
+    explain(model, DemoDataset(8), tmp_path / "run")
+    run_job(ChannelMeans(), DemoDataset(8), tmp_path / "run", group="stats/channels",
+            batch_size=3, progress=False)
+    stats = open_store(tmp_path / "run", group="stats/channels")
+    images = torch.stack([DemoDataset(8)[i].image for i in range(8)])
+    np.testing.assert_allclose(stats.group["means"][:], images.mean(dim=(2, 3)).numpy())
+    assert stats.group["means"].chunks == (3, 3)
+    assert stats.summary == {"items": 8} and stats.counts()["done"] == 8
+    assert open_store(tmp_path / "run").counts()["done"] == 8  # the explanation is intact
+    with pytest.raises(ValueError, match="scale: 1.0 in the store, 2.0 now"):
+        run_job(ChannelMeans(2.0), DemoDataset(8), tmp_path / "run", group="stats/channels",
+                progress=False)
+    run_job(ChannelMeans(2.0), DemoDataset(8), tmp_path / "run", group="stats/channels",
+            mode="overwrite", progress=False)
+    assert open_store(tmp_path / "run").counts()["done"] == 8

@@ -71,7 +71,13 @@ class Processes:
             torch.cuda.set_device(device)
         if dist.is_available() and dist.is_initialized():
             return cls(dist.get_rank(), dist.get_world_size(), local_rank, device)
-        if int(os.environ.get("WORLD_SIZE", 1)) > 1 and dist.is_available():
+        if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+            if not dist.is_available():
+                raise RuntimeError(
+                    "funcattr.datasets: WORLD_SIZE > 1 (torchrun?) but this torch build has no "
+                    "torch.distributed; every process would compute every item. Run one "
+                    "process, or use a torch build with distributed support."
+                )
             backend = "nccl" if device.type == "cuda" else "gloo"
             dist.init_process_group(backend, timeout=TIMEOUT)
             return cls(dist.get_rank(), dist.get_world_size(), local_rank, device, True)

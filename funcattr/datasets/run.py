@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import getpass
+import pickle
 import platform
 import socket
 import time
@@ -255,6 +256,15 @@ def _session(processes: Processes, mode: str) -> dict[str, Any]:
     }
 
 
+def _portable(error: Exception) -> Exception:
+    """``error`` if it can be sent to the other ranks, else a RuntimeError with its text."""
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:
+        return RuntimeError(f"{type(error).__name__}: {error}")
+    return error
+
+
 def _prepare(job: Job, dataset: Any, folder: Path, group: str, batch_size: int, mode: str,
              retry_failed: bool, processes: Processes) -> _Plan:
     """Rank 0: check or create the store and list the pending chunks."""
@@ -361,7 +371,7 @@ def run_job(job: Job, dataset: Any, path: str | Path, *, group: str = "", batch_
                 plan = _prepare(job, dataset, folder, group, batch_size, mode, retry_failed,
                                 processes)
             except Exception as error:  # every rank raises it, none waits forever
-                plan = error
+                plan = error if processes.world == 1 else _portable(error)
         else:
             plan = None
         plan = processes.broadcast(plan)
@@ -408,9 +418,10 @@ def _process(job: Job, dataset: Any, folder: Path, group: str, batch_size: int,
     )
     bar = Progress(job.label, plan.items, plan.done_before, processes.rank, processes.world,
                    folder, progress)
+    batches = iter(loader)  # worker processes fork before the writer thread starts
     writer = ChunkWriter(folder, group, job.owner)
     try:
-        for batch in loader:
+        for batch in batches:
             values, errors = _compute(job, batch)
             rows, status = _chunk_values(batch, columns, values, errors)
             writer.submit(int(batch.indices[0]), rows, status)
