@@ -1,4 +1,5 @@
-"""A dataset run as a script, for the tests that need processes: ``torchrun``, SIGKILL, memory.
+"""A dataset run as a script, for the tests that need processes: ``torchrun``, SIGKILL, memory
+(and the store comparison the dataset tests share).
 
 Run as ``python tests/datasets_worker.py PATH --size N`` (or under ``torchrun``). With
 ``--kill-at K`` the process (with ``--kill-rank R``: only rank R) sends itself SIGKILL when it
@@ -12,6 +13,7 @@ import json
 import os
 import signal
 
+import numpy as np
 import torch
 
 from funcattr.datasets import DemoDataset, explain_dataset
@@ -35,6 +37,17 @@ class KillAt(torch.utils.data.Dataset):
 
     def fingerprint(self) -> str:
         return self.dataset.fingerprint()
+
+
+def assert_same_store(a, b) -> None:
+    """Two stores hold the same items, values and table, bit for bit."""
+    assert a.counts() == b.counts()
+    for name in ("relevance", "output"):
+        np.testing.assert_array_equal(getattr(a, name)[:], getattr(b, name)[:])
+    table_a, table_b = a.read_table(), b.read_table()
+    assert sorted(table_a) == sorted(table_b)
+    for column in table_a:
+        np.testing.assert_array_equal(table_a[column], table_b[column], err_msg=column)
 
 
 def peak_memory_kib() -> int:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from datasets_worker import assert_same_store
 from PIL import Image
 
 import funcattr
@@ -46,16 +47,6 @@ def explain(model, dataset, path, **options):
     options = {"composite": "epsilon_plus_flat", "batch_size": BATCH, "progress": False,
                **options}
     return explain_dataset(model, dataset, path, **options)
-
-
-def assert_same_store(a, b) -> None:
-    assert a.counts() == b.counts()
-    for name in ("relevance", "output"):
-        np.testing.assert_array_equal(getattr(a, name)[:], getattr(b, name)[:])
-    table_a, table_b = a.read_table(), b.read_table()
-    assert sorted(table_a) == sorted(table_b)
-    for column in table_a:
-        np.testing.assert_array_equal(table_a[column], table_b[column], err_msg=column)
 
 
 # ---- items and sources -------------------------------------------------------------------
@@ -542,7 +533,7 @@ def test_a_job_of_its_own_in_a_group_of_the_store(model, tmp_path):
     assert stats.group["means"].chunks == (3, 3)
     assert stats.summary == {"items": 8} and stats.counts()["done"] == 8
     assert open_store(tmp_path / "run").counts()["done"] == 8  # the explanation is intact
-    with pytest.raises(ValueError, match="scale: 1.0 in the store, 2.0 now"):
+    with pytest.raises(ValueError, match=r"scale: 1\.0 in the store, 2\.0 now"):
         run_job(ChannelMeans(2.0), DemoDataset(8), tmp_path / "run", group="stats/channels",
                 progress=False)
     run_job(ChannelMeans(2.0), DemoDataset(8), tmp_path / "run", group="stats/channels",

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from datasets_worker import assert_same_store
 
 from funcattr.datasets import open_store
 
@@ -42,16 +43,6 @@ def run(path: Path, *options: str, ranks: int = 1, check: bool = True,
     if check and result.returncode != 0:
         raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return result
-
-
-def assert_same_store(a, b) -> None:
-    assert a.counts() == b.counts()
-    for name in ("relevance", "output"):
-        np.testing.assert_array_equal(getattr(a, name)[:], getattr(b, name)[:])
-    table_a, table_b = a.read_table(), b.read_table()
-    assert sorted(table_a) == sorted(table_b)
-    for column in table_a:
-        np.testing.assert_array_equal(table_a[column], table_b[column], err_msg=column)
 
 
 def test_torchrun_two_ranks_equals_one_process(tmp_path):
