@@ -21,7 +21,10 @@ Every case runs in a fresh subprocess with ``OMP_NUM_THREADS`` set (1 for everyt
 the ``bare 2t`` reference, which uses 2 threads in one process), timed inside the process
 after imports and model loading (for torchrun: the slowest rank). Cases are interleaved round
 by round so that load on a shared machine hits them alike; the table shows the median and the
-spread (min-max) of images per second and the ratio of the medians to ``bare``.
+spread (min-max) of images per second and of CPU milliseconds per image (the process and its
+``DataLoader`` workers; for torchrun all ranks), each with the ratio of the medians to
+``bare``. On a machine shared with other jobs the CPU time is the steadier measure of the
+work the pipeline adds; the wall time is what a user waits on an idle machine.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -100,8 +104,15 @@ def _options(spec: dict) -> dict:
     return {"n_iter": spec["n_iter"]} if spec["attributor"] == "smooth_grad" else {}
 
 
+def _cpu() -> float:
+    """CPU seconds of this process and its finished children (DataLoader workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def child(spec: dict) -> dict:
-    """Run one case in this process; return its timing."""
+    """Run one case in this process; return its wall and CPU seconds."""
     import funcattr
     from funcattr.datasets import explain_dataset
 
@@ -114,23 +125,24 @@ def child(spec: dict) -> dict:
         options = _options(spec)
         if spec["attributor"] == "smooth_grad":
             options["generator"] = torch.Generator().manual_seed(0)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _cpu()
         for first in range(0, len(images), batch):
             function(fn, params, images[first:first + batch], funcattr.one_hot(None), **options)
-        return {"seconds": time.perf_counter() - start}
+        return {"seconds": time.perf_counter() - start, "cpu": _cpu() - cpu}
     if spec["case"] == "memory":
         images, labels = _preload(dataset)
         dataset = torch.utils.data.TensorDataset(images, labels)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu()
     explain_dataset(model, dataset, Path(spec["folder"]) / "run", composite=composite,
                     canonizers=canonizers, attributor=spec["attributor"],
                     options=_options(spec), batch_size=batch,
                     num_workers=spec.get("workers", 0), progress=False)
-    return {"seconds": time.perf_counter() - start}
+    return {"seconds": time.perf_counter() - start, "cpu": _cpu() - cpu}
 
 
-def _run_case(spec: dict) -> float:
-    """Seconds of one case, in a fresh subprocess (or torchrun: the slowest rank)."""
+def _run_case(spec: dict) -> tuple[float, float]:
+    """Wall seconds (torchrun: the slowest rank) and CPU seconds (all ranks) of one case, in
+    a fresh subprocess."""
     environment = dict(os.environ)
     environment["OMP_NUM_THREADS"] = str(spec.get("threads", 1))
     environment["PYTHONPATH"] = os.pathsep.join(
@@ -147,8 +159,8 @@ def _run_case(spec: dict) -> float:
         done = subprocess.run(command, env=environment, capture_output=True, text=True)
         if done.returncode:
             raise RuntimeError(f"{spec}: failed\n{done.stderr[-3000:]}")
-        times = [json.loads(p.read_text())["seconds"] for p in Path(folder).glob("result.*")]
-    return max(times)
+        results = [json.loads(p.read_text()) for p in Path(folder).glob("result.*")]
+    return max(r["seconds"] for r in results), sum(r["cpu"] for r in results)
 
 
 def main() -> None:
@@ -179,24 +191,31 @@ def main() -> None:
     }
     chosen = [c.strip() for c in args.cases.split(",")]
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, batch {args.batch_size}, "
-          f"SmoothGrad n_iter {args.n_iter}, {args.repeats} rounds; images/s: median "
-          f"(min-max), ratio of medians to bare")
+          f"SmoothGrad n_iter {args.n_iter}, {args.repeats} rounds, load average "
+          f"{os.getloadavg()[0]:.1f}")
     for model in args.models.split(","):
         items = args.items if model == "demo" else args.resnet_items
         for attributor in args.attributors.split(","):
             base = {"model": model, "attributor": attributor, "items": items,
                     "batch_size": args.batch_size, "n_iter": args.n_iter}
             rates: dict[str, list[float]] = {name: [] for name in chosen}
+            cpus: dict[str, list[float]] = {name: [] for name in chosen}
             for _ in range(args.repeats):
                 for name in chosen:
-                    rates[name].append(items / _run_case({**base, **cases[name]}))
-            print(f"\n{model}, {attributor}, {items} items")
+                    wall, cpu = _run_case({**base, **cases[name]})
+                    rates[name].append(items / wall)
+                    cpus[name].append(1e3 * cpu / items)
+            print(f"\n{model}, {attributor}, {items} items: images/s median (min-max), "
+                  f"ratio; CPU ms per image median (min-max), ratio")
             bare = statistics.median(rates["bare"]) if "bare" in rates else None
+            bare_cpu = statistics.median(cpus["bare"]) if "bare" in cpus else None
             for name in chosen:
-                median = statistics.median(rates[name])
-                ratio = f"  {median / bare:5.2f}x bare" if bare else ""
-                print(f"  {name:14s} {median:8.1f} ({min(rates[name]):.1f}-"
-                      f"{max(rates[name]):.1f}){ratio}")
+                median, cpu = statistics.median(rates[name]), statistics.median(cpus[name])
+                ratio = f" {median / bare:5.2f}x" if bare else ""
+                cpu_ratio = f" {cpu / bare_cpu:5.2f}x" if bare_cpu else ""
+                print(f"  {name:14s} {median:7.1f} ({min(rates[name]):6.1f}-"
+                      f"{max(rates[name]):6.1f}){ratio}   {cpu:7.2f} ({min(cpus[name]):.2f}-"
+                      f"{max(cpus[name]):.2f}){cpu_ratio}")
 
 
 if __name__ == "__main__":

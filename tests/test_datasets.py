@@ -440,6 +440,18 @@ def test_bad_options_are_refused_before_any_work(model, tmp_path):
                          tmp_path / "run")
 
 
+def test_a_callable_object_as_attributor_resumes(model, tmp_path):
+    class Scaled:
+        def __call__(self, fn, params, input, attr_output_fn):
+            output, relevance = funcattr.gradient(fn, params, input, attr_output_fn)
+            return output, 2 * relevance
+
+    explain(model, DemoDataset(4), tmp_path / "run", attributor=Scaled())
+    store = explain(model, DemoDataset(4), tmp_path / "run", attributor=Scaled())
+    assert len(store.sessions) == 2 and " at 0x" not in store.settings["attributor"]
+    assert store.settings["attributor"].startswith("test_datasets.")
+
+
 def test_float16_overflow_fails_the_item(model, tmp_path):
     def huge(fn, params, input, attr_output_fn):
         output, relevance = funcattr.gradient(fn, params, input, attr_output_fn)

@@ -14,6 +14,7 @@ import functools
 import hashlib
 import inspect
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ ATTRIBUTORS: dict[str, Callable] = {
 #: Dtypes of the stored relevance.
 STORE_DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "float32": torch.float32,
                                         "float64": torch.float64}
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 _FLOAT16_MAX = float(torch.finfo(torch.float16).max)
 _METRIC_SALT = 0x6D657472  # separates the metrics' random streams from SmoothGrad's
 
@@ -66,7 +68,16 @@ def item_seed(seed: int, index: int) -> int:
 
 
 def _qualified(function: Callable) -> str:
-    return f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', function)}"
+    """``module.qualname`` of a function, or of a callable object's class with its repr (memory
+    addresses left out, so that the same settings describe alike in every process)."""
+    if hasattr(function, "__qualname__"):
+        return f"{getattr(function, '__module__', '?')}.{function.__qualname__}"
+    kind = type(function)
+    return f"{kind.__module__}.{kind.__qualname__}: {_ADDRESS.sub('', repr(function))}"
+
+
+def _name(function: Callable) -> str:
+    return getattr(function, "__name__", type(function).__name__)
 
 
 def _describe(value: Any) -> Any:
@@ -88,7 +99,7 @@ def _describe(value: Any) -> Any:
                 "keywords": _describe(value.keywords)}
     if callable(value):
         return _qualified(value)
-    return repr(value)
+    return _ADDRESS.sub("", repr(value))
 
 
 def model_fingerprint(model: nn.Module) -> dict[str, Any]:
@@ -135,7 +146,7 @@ def _resolve_attributor(attributor: Any, options: Mapping[str, Any] | None,
     unknown = [key for key in options if parameters and not takes_any and key not in parameters]
     if unknown:
         raise ValueError(
-            f"{owner}(options={{{unknown[0]!r}: ...}}): {attributor.__name__} takes no option "
+            f"{owner}(options={{{unknown[0]!r}: ...}}): {_name(attributor)} takes no option "
             f"{unknown[0]!r}; its options are {accepted}."
         )
     if attributor is smooth_grad and {"generator", "noise"} & set(options):
@@ -162,7 +173,7 @@ class ExplainJob:
         self.target, self.times_output, self.dtype = target, times_output, dtype
         self.seed, self.metrics, self.save_relevance = seed, dict(metrics), save_relevance
         self.owner = owner
-        self.label = f"{owner} {attributor.__name__}"
+        self.label = f"{owner} {_name(attributor)}"
         self.fn, self.params = functionalize(model, composite, canonizers)
         self.device = torch.device("cpu")
 
@@ -243,15 +254,16 @@ class ExplainJob:
         output, attribution = output.detach(), attribution.detach()
         if targets is None:
             targets = output.argmax(dim=1)
-        flat = attribution.reshape(count, -1).to(torch.float64)
+        flat = attribution.reshape(count, -1)
+        magnitude = flat.abs()
         values: dict[str, Any] = {
             "output": output.float(),
             "items/prediction": output.argmax(dim=1),
             "items/target": targets,
             "items/score": output.gather(1, targets[:, None])[:, 0].float(),
-            "items/relevance_sum": flat.sum(dim=1),
-            "items/relevance_abs_sum": flat.abs().sum(dim=1),
-            "items/relevance_positive_sum": flat.clamp(min=0).sum(dim=1),
+            "items/relevance_sum": flat.sum(dim=1, dtype=torch.float64),
+            "items/relevance_abs_sum": magnitude.sum(dim=1, dtype=torch.float64),
+            "items/relevance_positive_sum": flat.clamp(min=0).sum(dim=1, dtype=torch.float64),
             "items/has_mask": batch.has_mask[batch.ok],
         }
         if self.metrics:
@@ -262,7 +274,7 @@ class ExplainJob:
         if self.save_relevance:
             stored = attribution.to(self.dtype)
             if self.dtype == torch.float16:
-                peak = attribution.abs().reshape(count, -1).amax(dim=1)
+                peak = magnitude.amax(dim=1)
                 for row in (peak > _FLOAT16_MAX).nonzero().flatten().tolist():
                     errors[row] = (f"relevance exceeds the float16 range (max |R| = "
                                    f"{float(peak[row]):.4g}); pass dtype='float32'")

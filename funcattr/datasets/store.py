@@ -31,8 +31,10 @@ from typing import Any
 import numpy as np
 import zarr
 import zarr.api.asynchronous as zarr_async
+from zarr.codecs import BloscCodec
 
 __all__ = [
+    "COMPRESSOR",
     "DONE",
     "FAILED",
     "FORMAT",
@@ -58,6 +60,10 @@ STORE_NAME = "store.zarr"
 #: Item status values.
 PENDING, DONE, FAILED = 0, 1, 2
 _ATTRIBUTE = "funcattr"
+#: The columns' compressor: LZ4 in Blosc with byte shuffling. On 32 relevance maps of the demo
+#: (float16) it encodes 4.6x faster than zarr's default zstd (level 3) and decodes 10x faster,
+#: for a ratio of 3.9 instead of 4.2.
+COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 
 
 class StoreFullError(OSError):
@@ -158,7 +164,7 @@ def create_group(folder: Path, group: str, items: int, chunk: int,
             column.name, shape=(items, *column.shape), chunks=(chunk, *column.shape),
             dtype=str if column.dtype == "str" else column.dtype,
             fill_value=column.fill_value, dimension_names=("item", *column.dims),
-            overwrite=True,
+            compressors=COMPRESSOR, overwrite=True,
         )
     node.attrs[_ATTRIBUTE] = header
     return node

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from funcattr.datasets.evaluation import higher_is_better
 from funcattr.datasets.store import DONE, FAILED, PENDING, open_node
@@ -49,31 +50,32 @@ def _class_means(relevance: Any, chunk: int, groups: np.ndarray, done: np.ndarra
                  channel_axis: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Per-class mean relevance (channels summed), plain and normalised per item, read chunk
     by chunk (reading several chunks at once was no faster and grew the peak memory with the
-    dataset, through the allocator's arenas)."""
+    dataset, through the allocator's arenas). Converted by torch: numpy's float16 conversion
+    was 12x slower."""
     shape = relevance.shape[1:]
     if channel_axis is not None:
         shape = shape[:channel_axis] + shape[channel_axis + 1:]
-    sums = np.zeros((classes, *shape))
-    normalized = np.zeros((classes, *shape))
-    for start in range(0, relevance.shape[0], chunk):  # one chunk a read: no memory growth
+    sums = torch.zeros((classes, *shape), dtype=torch.float64)
+    normalized = torch.zeros((classes, *shape), dtype=torch.float64)
+    for start in range(0, relevance.shape[0], chunk):
         stop = min(start + chunk, relevance.shape[0])
         rows = done[start:stop]
         if not rows.any():
             continue
-        block = relevance[start:stop][rows]
+        block = torch.from_numpy(relevance[start:stop][rows]).to(torch.float32)
         if channel_axis is not None:
-            block = block.sum(axis=1 + channel_axis, dtype=np.float32)
-        block = block.astype(np.float64)
-        group = groups[start:stop][rows]
-        scale = abs_sum[start:stop][rows]
-        scale = np.where(scale > 0, scale, 1.0).reshape(-1, *([1] * len(shape)))
-        for k in np.unique(group):
+            block = block.sum(dim=1 + channel_axis)
+        block = block.to(torch.float64)
+        group = torch.from_numpy(groups[start:stop][rows])
+        scale = torch.from_numpy(abs_sum[start:stop][rows])
+        scale = torch.where(scale > 0, scale, 1.0).reshape(-1, *([1] * len(shape)))
+        for k in group.unique().tolist():
             members = group == k
-            sums[k] += block[members].sum(axis=0)
-            normalized[k] += (block[members] / scale[members]).sum(axis=0)
+            sums[k] += block[members].sum(dim=0)
+            normalized[k] += (block[members] / scale[members]).sum(dim=0)
     counts = np.bincount(groups[done], minlength=classes).astype(np.float64)
-    divisor = np.maximum(counts, 1).reshape(-1, *([1] * len(shape)))
-    return sums / divisor, normalized / divisor
+    divisor = torch.from_numpy(np.maximum(counts, 1)).reshape(-1, *([1] * len(shape)))
+    return (sums / divisor).numpy(), (normalized / divisor).numpy()
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
