@@ -263,7 +263,6 @@ class ExplainJob:
             "items/score": output.gather(1, targets[:, None])[:, 0].float(),
             "items/relevance_sum": flat.sum(dim=1, dtype=torch.float64),
             "items/relevance_abs_sum": magnitude.sum(dim=1, dtype=torch.float64),
-            "items/relevance_positive_sum": flat.clamp(min=0).sum(dim=1, dtype=torch.float64),
             "items/has_mask": batch.has_mask[batch.ok],
         }
         if self.metrics:

@@ -186,9 +186,6 @@ class ItemReader(torch.utils.data.Dataset):
             failed.error = (f"wrong shape: expected an image of shape {self.shape} (as the "
                             f"first item), got {tuple(image.shape)}")
             return failed
-        if image.is_floating_point() and not bool(torch.isfinite(image).all()):
-            failed.error = "non-finite values (NaN or infinity) in the image"
-            return failed
         mask = item.mask
         if mask is not None:
             mask = torch.as_tensor(np.asarray(mask)) if not isinstance(mask, Tensor) else mask
@@ -255,12 +252,22 @@ class Batch:
                      [self.sources[i] for i in position.tolist()], [""] * len(rows))
 
 
+_NON_FINITE = "non-finite values (NaN or infinity) in the image"
+
+
 def collate(loaded: Sequence[Loaded]) -> Batch:
     """Stack the loaded items of one chunk into a :class:`Batch` (the ``DataLoader``'s
-    ``collate_fn``)."""
+    ``collate_fn``); items with non-finite values fail here (one check for the batch)."""
     good = [item for item in loaded if item.error == ""]
     if good:
         images = torch.stack([item.image for item in good])
+        if images.is_floating_point():
+            finite = torch.isfinite(images).flatten(1).all(dim=1)
+            if not bool(finite.all()):
+                for item, ok in zip(good, finite.tolist()):
+                    if not ok:
+                        item.image, item.mask, item.error = None, None, _NON_FINITE
+                return collate(loaded)
     else:
         images = torch.empty(0)
     with_mask = [item.mask is not None for item in good]

@@ -31,8 +31,7 @@ from funcattr.image import imsave
 
 __all__ = ["summarize_explanation"]
 
-_ITEM_STATS = ("prediction", "target", "score", "relevance_sum", "relevance_abs_sum",
-               "relevance_positive_sum")
+_ITEM_STATS = ("prediction", "target", "score", "relevance_sum", "relevance_abs_sum")
 
 
 def _mean(values: np.ndarray) -> float:
@@ -99,8 +98,8 @@ def _class_row(key: Any, name: str, members: np.ndarray, done: np.ndarray,
         row["accuracy"] = (float((items["prediction"][ok] == labels[ok]).mean())
                            if ok.any() else math.nan)
     abs_sum = items["relevance_abs_sum"][ok]
-    positive_share = np.where(abs_sum > 0, items["relevance_positive_sum"][ok] /
-                              np.where(abs_sum > 0, abs_sum, 1), np.nan)
+    positive = (items["relevance_sum"][ok] + abs_sum) / 2  # sum = positive - negative
+    positive_share = np.where(abs_sum > 0, positive / np.where(abs_sum > 0, abs_sum, 1), np.nan)
     row.update({
         "score_mean": _mean(items["score"][ok]),
         "relevance_sum_mean": _mean(items["relevance_sum"][ok]),
