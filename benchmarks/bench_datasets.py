@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class Upsampled(torch.utils.data.Dataset):
-    """The demo images upsampled (bilinear) to ``size`` pixels, rendered in batches."""
+    """The demo images upsampled (bilinear; masks nearest) to ``size`` pixels, in batches."""
 
     def __init__(self, items: int, size: int) -> None:
         from funcattr.datasets import DemoDataset
@@ -63,8 +63,10 @@ class Upsampled(torch.utils.data.Dataset):
         images = torch.stack([item.image for item in items])
         images = F.interpolate(images, size=(self.size, self.size), mode="bilinear",
                                align_corners=False)
-        for item, image in zip(items, images):
-            item.image = image
+        masks = torch.stack([item.mask for item in items])[:, None].float()
+        masks = F.interpolate(masks, size=(self.size, self.size), mode="nearest")[:, 0] > 0.5
+        for item, image, mask in zip(items, images, masks):
+            item.image, item.mask = image, mask
         return items
 
     def __getitem__(self, index):
