@@ -60,10 +60,10 @@ STORE_NAME = "store.zarr"
 #: Item status values.
 PENDING, DONE, FAILED = 0, 1, 2
 _ATTRIBUTE = "funcattr"
-#: The columns' compressor: LZ4 in Blosc with byte shuffling. On 32 relevance maps of the demo
-#: (float16) it encodes 4.6x faster than zarr's default zstd (level 3) and decodes 10x faster,
-#: for a ratio of 3.9 instead of 4.2.
-COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+#: The columns' compressor: LZ4 in Blosc with bit shuffling. On 32 relevance maps of the demo
+#: (float16, one thread) it compresses as well as zarr's default zstd (level 3; ratio 4.18 vs
+#: 4.19), encodes 5x faster (0.6 vs 3.0 ms CPU) and decodes 1.8x faster.
+COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
 
 
 class StoreFullError(OSError):
