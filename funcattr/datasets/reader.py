@@ -129,14 +129,17 @@ class DatasetStore:
         sources, errors = self.group["items/source"][:], self.group["items/error"][:]
         return [(int(k), str(sources[k]), str(errors[k])) for k in rows]
 
-    def class_means(self, normalized: bool = True) -> np.ndarray:
-        """``(classes, H, W)`` mean relevance per class (channels summed) from the summary;
-        ``normalized``: each item's relevance divided by its absolute sum first."""
+    def class_means(self, normalized: bool = True) -> dict[int, np.ndarray]:
+        """``{class: (H, W) map}``: the mean relevance (channels summed) of each class that has
+        items, from the summary; ``normalized``: each item's relevance divided by its absolute
+        sum first."""
         name = "class_mean_normalized" if normalized else "class_mean"
         if "summary" not in self.group or name not in self.group["summary"]:
             raise KeyError(f"open_store(...).class_means(): no {name} in the store (the run "
                            f"has no summary yet, or kept no relevance).")
-        return self.group["summary"][name][:]
+        summary = self.group["summary"]
+        means = summary[name][:]
+        return {int(k): means[row] for row, k in enumerate(summary["class_index"][:])}
 
     def __repr__(self) -> str:
         counts = self.counts()

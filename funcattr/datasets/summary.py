@@ -1,11 +1,12 @@
 """Dataset-level outputs of an explanation run, written by rank 0 from the finished store.
 
-* ``summary/`` in the store: ``class_count`` ``(K,)``, ``class_mean`` ``(K, H, W)`` (the mean
-  relevance of each class's items, channels summed), ``class_mean_normalized`` (the mean of each
-  item's relevance divided by its absolute sum, so every item weighs the same) and the mean
-  metric curves (for items that are no images, the item's whole shape);
-* ``class_means.png``: the normalised class means, one tile per class that has items, in class
-  order;
+* ``summary/`` in the store, for the K classes that have items: ``class_index`` ``(K,)`` (the
+  classes), ``class_count`` ``(K,)``, ``class_mean`` ``(K, H, W)`` (the mean relevance of each
+  class's items, channels summed), ``class_mean_normalized`` (the mean of each item's relevance
+  divided by its absolute sum, so every item weighs the same) and the mean metric curves (for
+  items that are no images, the item's whole shape);
+* ``class_means.png``: the normalised class means, one tile per class (the first 64 classes
+  with items), in class order;
 * ``class_stats.csv``: per class (and for all items) the counts, accuracy, score, relevance
   statistics and metric means;
 * ``metrics.csv``: per metric column the mean, standard deviation and count over the dataset.
@@ -31,6 +32,7 @@ from funcattr.image import imsave
 
 __all__ = ["summarize_explanation"]
 
+_PICTURE_CLASSES = 64  # classes shown in class_means.png (the arrays hold every class)
 _ITEM_STATS = ("prediction", "target", "score", "relevance_sum", "relevance_abs_sum")
 
 
@@ -45,17 +47,22 @@ def _std(values: np.ndarray) -> float:
 
 
 def _class_means(relevance: Any, chunk: int, groups: np.ndarray, done: np.ndarray,
-                 abs_sum: np.ndarray, classes: int,
+                 abs_sum: np.ndarray, present: list[int],
                  channel_axis: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class mean relevance (channels summed), plain and normalised per item, read chunk
-    by chunk (reading several chunks at once was no faster and grew the peak memory with the
-    dataset, through the allocator's arenas). Converted by torch: numpy's float16 conversion
-    was 12x slower."""
+    """Mean relevance (channels summed) of each class in ``present``, plain and normalised per
+    item, ``(len(present), *spatial)`` each.
+
+    Read chunk by chunk (reading several chunks at once was no faster and grew the peak memory
+    with the dataset, through the allocator's arenas); converted by torch (numpy's float16
+    conversion was 12x slower). Each chunk is summed in float64 into float32 accumulators,
+    only for the classes that have items (1000 ImageNet maps of 224x224 take 200 MB each).
+    """
     shape = relevance.shape[1:]
     if channel_axis is not None:
         shape = shape[:channel_axis] + shape[channel_axis + 1:]
-    sums = torch.zeros((classes, *shape), dtype=torch.float64)
-    normalized = torch.zeros((classes, *shape), dtype=torch.float64)
+    slot = {k: position for position, k in enumerate(present)}
+    sums = torch.zeros((len(present), *shape), dtype=torch.float32)
+    normalized = torch.zeros((len(present), *shape), dtype=torch.float32)
     for start in range(0, relevance.shape[0], chunk):
         stop = min(start + chunk, relevance.shape[0])
         rows = done[start:stop]
@@ -70,10 +77,10 @@ def _class_means(relevance: Any, chunk: int, groups: np.ndarray, done: np.ndarra
         scale = torch.where(scale > 0, scale, 1.0).reshape(-1, *([1] * len(shape)))
         for k in group.unique().tolist():
             members = group == k
-            sums[k] += block[members].sum(dim=0)
-            normalized[k] += (block[members] / scale[members]).sum(dim=0)
-    counts = np.bincount(groups[done], minlength=classes).astype(np.float64)
-    divisor = torch.from_numpy(np.maximum(counts, 1)).reshape(-1, *([1] * len(shape)))
+            sums[slot[k]] += block[members].sum(dim=0).to(torch.float32)
+            normalized[slot[k]] += (block[members] / scale[members]).sum(dim=0).to(torch.float32)
+    counts = np.bincount(groups[done], minlength=max(present) + 1)[present]
+    divisor = torch.from_numpy(counts.astype(np.float32)).reshape(-1, *([1] * len(shape)))
     return (sums / divisor).numpy(), (normalized / divisor).numpy()
 
 
@@ -161,27 +168,29 @@ def summarize_explanation(folder: Path, group: str, class_names: Sequence[str] |
     files = ["class_stats.csv"]
     summary_group = node.require_group("summary")
     counts = np.bincount(groups[done & valid], minlength=classes)
-    summary_group.create_array("class_count", data=counts.astype(np.int64), overwrite=True,
-                               dimension_names=("class",))
+    present = [k for k in range(classes) if counts[k] > 0]
+    summary_group.create_array("class_index", data=np.array(present, dtype=np.int64),
+                               overwrite=True, dimension_names=("class",))
+    summary_group.create_array("class_count", data=counts[present].astype(np.int64),
+                               overwrite=True, dimension_names=("class",))
     chunk = int(node["items/status"].chunks[0])
-    if "relevance" in node:
+    if "relevance" in node and present:
         relevance = node["relevance"]
         image = len(relevance.shape) == 4
         axis = channel_axis if image else None
         means, normalized = _class_means(relevance, chunk, np.where(valid, groups, 0),
-                                         done & valid, items["relevance_abs_sum"], classes, axis)
+                                         done & valid, items["relevance_abs_sum"], present, axis)
         dims = list(relevance.metadata.dimension_names[1:])
         if axis is not None:
             del dims[axis]
         for name, array in (("class_mean", means), ("class_mean_normalized", normalized)):
-            summary_group.create_array(name, data=array.astype(np.float32), overwrite=True,
+            summary_group.create_array(name, data=array, overwrite=True,
                                        dimension_names=("class", *dims))
-        present = [k for k in range(classes) if counts[k] > 0]
-        if present and image:
-            columns = min(len(present), 8)
-            grid = (-(-len(present) // columns), columns)
-            imsave(folder / "class_means.png", normalized[present], grid=grid, symmetric=True,
-                   cmap="bwr")
+        if image:
+            shown = normalized[:_PICTURE_CLASSES]
+            columns = min(len(shown), 8)
+            grid = (-(-len(shown) // columns), columns)
+            imsave(folder / "class_means.png", shown, grid=grid, symmetric=True, cmap="bwr")
             files.append("class_means.png")
     for name, values in curves.items():
         total = np.zeros(values.shape[1:])
