@@ -52,6 +52,7 @@ from funcattr.functional import functionalize
 #: Loaded on first access: name -> (module, attribute or None for the module itself).
 _ON_FIRST_USE = {
     "cmap": ("funcattr.cmap", None),
+    "datasets": ("funcattr.datasets", None),
     "image": ("funcattr.image", None),
     "imgify": ("funcattr.image", "imgify"),
     "imsave": ("funcattr.image", "imsave"),
@@ -79,6 +80,7 @@ __all__ = [
     "cmap",
     "composites",
     "core",
+    "datasets",
     "functionalize",
     "get_attributor",
     "get_canonizer",
@@ -107,7 +109,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """Load ``metrics``, ``image``, ``cmap`` and the heatmap helpers on first use."""
+    """Load ``metrics``, ``datasets``, ``image``, ``cmap`` and the heatmap helpers on first
+    use."""
     if name not in _ON_FIRST_USE:
         raise AttributeError(f"module 'funcattr' has no attribute {name!r}")
     module, attribute = _ON_FIRST_USE[name]
