@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from funcattr.attribution.options import check_batched
 from funcattr.attribution.options import check_input as check_tensor
 
-__all__ = ["LAYOUTS", "check_input", "image_view", "pool_attribution", "to_input_shape"]
+__all__ = ["LAYOUTS", "check_finite", "check_input", "image_view", "pool_attribution",
+           "to_input_shape"]
 
 #: The layouts a metric's input may have.
 LAYOUTS = "(batch, features) or (batch, channels, *spatial)"
@@ -32,6 +34,19 @@ def check_input(input: Any, owner: str, name: str = "input") -> Tensor:
             f"got {input.dtype}. Pass {name}.float()."
         )
     return input.detach()
+
+
+def check_finite(attribution: Tensor, owner: str, name: str = "attribution") -> Tensor:
+    """An attribution without NaN or infinity (a metric of one would be meaningless)."""
+    bad = int((~torch.isfinite(attribution.detach())).sum()) if (
+        attribution.is_floating_point() or attribution.is_complex()) else 0
+    if bad:
+        raise ValueError(
+            f"{owner}({name}=tensor of shape {tuple(attribution.shape)}): expected finite "
+            f"values, got NaN or infinity in {bad} of {attribution.numel()} entries. Fix the "
+            f"method that made it, or clean it first (e.g. torch.nan_to_num)."
+        )
+    return attribution
 
 
 def image_view(input: Tensor) -> Tensor:
@@ -52,6 +67,7 @@ def pool_attribution(attribution: Any, input: Tensor, owner: str,
             f"{owner}({name}={type(attribution).__name__}): expected a tensor, got "
             f"{type(attribution).__name__}. Pass torch.as_tensor({name})."
         )
+    check_finite(attribution, owner, name)
     view = image_view(input)
     batch, _, *spatial = view.shape
     shape = tuple(attribution.shape)

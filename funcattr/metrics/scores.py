@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from funcattr.attribution.options import chunk_ranges
+from funcattr.attribution.pullback import check_output
 from funcattr.functional import functionalize
 
 __all__ = ["Params", "as_model", "chunked_scores", "class_scores"]
@@ -56,7 +57,7 @@ def class_scores(fn: Callable, params: Params, input: Tensor, target: Tensor,
                  softmax: bool, owner: str) -> Tensor:
     """``fn(params, input)[i, target[i]]`` (optionally of the softmax), without autograd."""
     with torch.inference_mode():
-        output = fn(params, input)
+        output = check_output(fn(params, input), owner)
         if output.ndim != 2:
             raise ValueError(
                 f"{owner}(model=...): expected a model output of shape (batch, classes), got "
