@@ -63,7 +63,10 @@ _TOLERANCE = 1e-9  # of alpha - beta = 1
 class Epsilon(LinearRule):
     """LRP-epsilon: ``R_i = x_i sum_j w_ji R_j / (z_j + eps sign0(z_j))`` [bach2015].
 
-    ``epsilon=0`` is LRP-0. See the module docstring for ``zero_params``.
+    ``epsilon=0`` is LRP-0; where ``z_j`` is exactly 0 (no contributions) the quotient is 0
+    (0 / 0 = 0, Zennit gives NaN), so LRP-0 equals input times gradient everywhere.
+    ``epsilon`` must be ``>= 0`` (or a callable stabiliser). See the module docstring for
+    ``zero_params``.
 
     Examples
     --------
