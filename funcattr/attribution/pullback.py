@@ -50,11 +50,12 @@ def _described(output: Any) -> str:
     return type(output).__name__
 
 
-def check_output(output: Any, owner: str) -> Tensor:
-    """The model's output, which the attributors and metrics need as one tensor."""
+def check_output(output: Any, owner: str, argument: str = "fn") -> Tensor:
+    """The model's output, which the attributors and metrics need as one tensor;
+    ``argument`` names the model in the caller's signature."""
     if not isinstance(output, Tensor):
         raise TypeError(
-            f"{owner}(fn=...): expected a model that returns one tensor, got "
+            f"{owner}({argument}=...): expected a model that returns one tensor, got "
             f"{_described(output)}. {_PICK}."
         )
     return output
@@ -131,16 +132,18 @@ def _parameter_dtype(params: Params) -> torch.dtype | None:
                  if isinstance(value, Tensor) and value.is_floating_point()), None)
 
 
-def call_model(fn: Callable, params: Params, input: Tensor, owner: str) -> Tensor:
+def call_model(fn: Callable, params: Params, input: Tensor, owner: str,
+               argument: str = "fn") -> Tensor:
     """``fn(params, input)``, which must be one tensor; a shape (dtype) mistake becomes a
-    ``ValueError`` (``TypeError``) naming ``input``."""
+    ``ValueError`` (``TypeError``) naming ``input``; ``argument`` names the model in the
+    caller's signature."""
     try:
-        return check_output(fn(params, input), owner)
+        return check_output(fn(params, input), owner, argument)
     except (RuntimeError, ValueError) as error:
         text = str(error)
         dtype = _parameter_dtype(params)
         if (isinstance(error, RuntimeError) and dtype is not None and dtype != input.dtype
-                and ("dtype" in text or "scalar type" in text)):
+                and "type" in text):  # "dtype", "scalar type", "Input type (double) ..."
             raise TypeError(
                 f"{owner}(input=tensor of dtype {input.dtype}): expected the dtype of the "
                 f"model's parameters, {dtype}, got {input.dtype}. Pass input.to({dtype}) (or "

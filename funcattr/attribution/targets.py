@@ -181,7 +181,8 @@ def check_target(target: Any, batch: int, owner: str) -> Tensor:
             f"tensor of shape (batch,), got {type(target).__name__}. Pass e.g. "
             f"target=[3, 1] (one class per sample)."
         )
-    target = torch.as_tensor(target)
+    target = torch.as_tensor(target, dtype=torch.long if isinstance(target, Sequence) and
+                             len(target) == 0 else None)  # [] is no float tensor of classes
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise TypeError(
             f"{owner}(target=tensor of dtype {target.dtype}): expected integer classes, got "

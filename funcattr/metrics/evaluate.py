@@ -184,7 +184,7 @@ def evaluate(
     fn, params = as_model(model, params, owner)
     if num_classes is None and "random_logit" in metrics:
         with torch.no_grad():
-            num_classes = int(check_output(fn(params, input[:1]), owner).shape[1])
+            num_classes = int(check_output(fn(params, input[:1]), owner, "model").shape[1])
 
     columns = tuple(c for spec in specs for c in spec.columns)
     values: dict[str, dict[str, Tensor]] = {}

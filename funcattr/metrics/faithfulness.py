@@ -13,6 +13,7 @@ stacked into batches through the model, ``chunk_size`` inputs at a time.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,13 @@ from funcattr.attribution.options import (
     make_generator,
 )
 from funcattr.attribution.targets import check_target
-from funcattr.metrics.inputs import check_input, image_view, pool_attribution, to_input_shape
+from funcattr.metrics.inputs import (
+    check_finite,
+    check_input,
+    image_view,
+    pool_attribution,
+    to_input_shape,
+)
 from funcattr.metrics.regions import (
     Fill,
     check_patch_size,
@@ -240,7 +247,18 @@ def pixel_flipping(
     >>> curves = pixel_flipping(model, x, y, relevance, regions_per_step=64)  # doctest: +SKIP
     >>> curves.difference.mean()                                             # doctest: +SKIP
     """
-    owner = "pixel_flipping"
+    return _curves("pixel_flipping", model, input, target, attribution, params=params,
+                   patch_size=patch_size, regions_per_step=regions_per_step, n_steps=n_steps,
+                   fill=fill, orders=orders, softmax=softmax, generator=generator,
+                   chunk_size=chunk_size)
+
+
+def _curves(owner: str, model: Any, input: Tensor, target: Any, attribution: Tensor, *,
+            params: Params | None, patch_size: int, regions_per_step: int | None,
+            n_steps: int | None, fill: Fill, orders: Sequence[str], softmax: bool,
+            generator: torch.Generator | int | None, chunk_size: int | None
+            ) -> PerturbationCurves:
+    """:func:`pixel_flipping` with errors named after ``owner`` (its caller)."""
     fn, params = as_model(model, params, owner)
     input = check_input(input, owner)
     target = check_target(target, input.shape[0], owner)
@@ -305,7 +323,10 @@ def region_perturbation(model: Any, input: Tensor, target: Any, attribution: Ten
     Same parameters and result as :func:`pixel_flipping`, with ``patch_size=8`` by default
     (and, as there, about 32 steps unless ``regions_per_step`` says otherwise).
     """
-    return pixel_flipping(model, input, target, attribution, patch_size=patch_size, **options)
+    arguments = inspect.signature(pixel_flipping).bind(
+        model, input, target, attribution, patch_size=patch_size, **options)
+    arguments.apply_defaults()
+    return _curves("region_perturbation", **arguments.arguments)
 
 
 def _subset_masks(batch: int, n_subsets: int, regions: int, n: int,
@@ -458,6 +479,7 @@ def infidelity(
             f"{tuple(input.shape)}, got {got}; infidelity pairs every input element with its "
             f"attribution. Pass the attribution before pooling over channels."
         )
+    check_finite(attribution, owner)
     check_int(n_samples, "n_samples", owner, minimum=1, example="64")
     check_chunk_size(chunk_size, owner)
     generator = make_generator(generator, owner)

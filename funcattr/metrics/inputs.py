@@ -17,8 +17,8 @@ from torch import Tensor
 from funcattr.attribution.options import check_batched
 from funcattr.attribution.options import check_input as check_tensor
 
-__all__ = ["LAYOUTS", "check_finite", "check_input", "image_view", "pool_attribution",
-           "to_input_shape"]
+__all__ = ["LAYOUTS", "check_finite", "check_input", "check_samples", "image_view",
+           "pool_attribution", "to_input_shape"]
 
 #: The layouts a metric's input may have.
 LAYOUTS = "(batch, features) or (batch, channels, *spatial)"
@@ -28,12 +28,22 @@ def check_input(input: Any, owner: str, name: str = "input") -> Tensor:
     """A finite floating point batch in one of :data:`LAYOUTS`, detached."""
     check_tensor(input, owner, name)
     check_batched(input, owner, minimum=2, name=name, layouts=LAYOUTS)
+    check_samples(input.shape[0], owner, f"{name}=tensor of shape {tuple(input.shape)}")
     if not input.is_floating_point():
         raise TypeError(
             f"{owner}({name}=tensor of dtype {input.dtype}): expected a floating point tensor, "
             f"got {input.dtype}. Pass {name}.float()."
         )
     return input.detach()
+
+
+def check_samples(batch: int, owner: str, argument: str) -> None:
+    """At least one sample: a metric of an empty batch is undefined (its mean is NaN)."""
+    if batch == 0:
+        raise ValueError(
+            f"{owner}({argument}): expected at least one sample, got an empty batch. Evaluate "
+            f"a batch with samples (a score of none is undefined)."
+        )
 
 
 def check_finite(attribution: Tensor, owner: str, name: str = "attribution") -> Tensor:
