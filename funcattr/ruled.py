@@ -157,6 +157,12 @@ class ParamKeys:
         """``(parameters, buffers)``: ``params`` cut into the model's parameters (what
         ``torch.func.grad`` differentiates) and its buffers (batch-norm statistics, integer
         counters); ``{**parameters, **buffers}`` is ``params`` again."""
+        if not isinstance(params, Mapping):
+            raise TypeError(
+                f"split_params(params={type(params).__name__}): expected the dict of tensors "
+                f"returned by functionalize, got {type(params).__name__}. Pass fn, params = "
+                f"funcattr.functionalize(model, composite) and split params."
+            )
         params = self.check(params, "split_params")
         return ({name: params[name] for name in self.parameters},
                 {name: params[name] for name in self.buffers})

@@ -145,8 +145,8 @@ def one_hot(target: int | Sequence[int] | Tensor | None = None, *,
             )
         batch, classes = output.shape
         index = output.argmax(dim=1) if target is None else torch.as_tensor(
-            target, device=output.device
-        )
+            target, device=output.device,
+            dtype=None if isinstance(target, Tensor) else torch.long)  # [] is no float
         index = index.expand(batch) if index.ndim == 0 else index
         if index.shape != (batch,):
             raise ValueError(
