@@ -58,9 +58,9 @@ _PARAMS_FIX = ("Pass the dict from functionalize, with changed entries as new te
                "dict(params, **{name: tensor})")
 
 
-def _listed(names: list[str], limit: int = 8) -> str:
-    shown = ", ".join(repr(name) for name in names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+def _listed(items: list[str], limit: int = 8) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,6 +74,10 @@ class ParamKeys:
     parameters: tuple[str, ...]
     buffers: tuple[str, ...]
     aliases: Mapping[str, str] = field(default_factory=dict)
+    names: frozenset[str] = field(init=False, repr=False)  # every key of the params dict
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", frozenset((*self.parameters, *self.buffers)))
 
     @classmethod
     def of(cls, model: nn.Module) -> ParamKeys:
@@ -88,15 +92,6 @@ class ParamKeys:
             if key != name:
                 aliases[name] = key
         return cls(parameters, buffers, aliases)
-
-    @property
-    def names(self) -> frozenset[str]:
-        """Every key of the params dict."""
-        names = self.__dict__.get("_names")
-        if names is None:
-            names = frozenset((*self.parameters, *self.buffers))
-            object.__setattr__(self, "_names", names)
-        return names
 
     def check(self, params: Mapping[str, Tensor], owner: str = "fn") -> Mapping[str, Tensor]:
         """``params`` checked against these keys, aliases renamed to their keys.
@@ -142,10 +137,9 @@ class ParamKeys:
                     close = difflib.get_close_matches(name, sorted(self.names), n=1)
                     hints.append(f"{name!r} (did you mean {close[0]!r}?)" if close
                                  else repr(name))
-                problems.append(f"unknown key(s) {', '.join(hints[:8])}"
-                                + (f" and {len(hints) - 8} more" if len(hints) > 8 else ""))
+                problems.append(f"unknown key(s) {_listed(hints)}")
             if missing:
-                problems.append(f"no value for {_listed(missing)}")
+                problems.append(f"no value for {_listed([repr(name) for name in missing])}")
             raise ValueError(
                 f"{owner}(params=...): expected the keys of model.named_parameters() and "
                 f"named_buffers() ({len(self.names)} keys), got {' and '.join(problems)}. "
