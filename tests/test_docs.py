@@ -8,9 +8,11 @@ The convention (also stated in README.md, "Documentation"):
   ``target``) gets them from a **hidden setup block** placed before it: an HTML comment that
   starts with ``<!-- setup`` on its own line and ends with ``-->``. It holds Python code, runs
   like a block, and does not show when the Markdown is rendered.
-- Nothing is skipped: a block that cannot run is a documentation bug. Shell blocks
-  (```sh, ```console) and text blocks (```text, ``` without a language) are not Python and do
-  not run here (the command-line examples are checked by the CLI tests).
+- Nothing is skipped: a ```python block that cannot run is a documentation bug. Shell blocks
+  (```sh, ```console) and text blocks (```text, ``` without a language) do not run here (the
+  command-line examples are checked by the CLI tests); a signature listing, or an example that
+  can run only where it says (downloaded weights, a cluster, the reader's own data), belongs
+  in one of those, not in a ```python block.
 
 Each file runs in a temporary working folder (files a snippet writes land there) with the
 registries (attributors, metrics, composites, canonizers, layer VJPs) restored afterwards, so a
