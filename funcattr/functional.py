@@ -21,7 +21,7 @@ from funcattr.composites import (
     required_arguments,
     suggest_composites,
 )
-from funcattr.ruled import FunctionalModel, LiveModel, model_params
+from funcattr.ruled import FunctionalModel, LiveModel, ParamKeys, model_params
 
 __all__ = ["FunctionalModel", "RuledModule", "functionalize", "model_params"]
 
@@ -113,7 +113,7 @@ def functionalize(
         view, transform = CompositeCanonizer(chain).apply(model)
     rules = assign_rules(view, composite)
     params = model_params(model)
-    return FunctionalModel(view, rules, transform, params), params
+    return FunctionalModel(view, rules, transform, params, ParamKeys.of(model)), params
 
 
 class RuledModule(LiveModel):

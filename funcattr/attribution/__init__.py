@@ -6,7 +6,8 @@ and a function from output gradients to input attributions (``torch.func.vjp``).
 
 ``attr_output_fn`` (Zennit's ``attr_output``) says which output gradient to pull back:
 ``None`` uses the output itself, a tensor is used as it is, and a callable is called on the
-output, e.g. ``one_hot(target)``.
+output, e.g. ``one_hot(target)``. The model must return one tensor; for a model that returns a
+tuple or a dict, :func:`select_output` picks the output to explain.
 
 Modules: :mod:`~funcattr.attribution.options` (the option checks, shared with the metrics),
 :mod:`~funcattr.attribution.targets` (output gradients and targets),
@@ -29,7 +30,13 @@ from funcattr.attribution.classes import (
 )
 from funcattr.attribution.layout import fast_layout, in_fast_layout
 from funcattr.attribution.occlusion import occlude_independent, occlusion
-from funcattr.attribution.pullback import Params, gradient, pullback
+from funcattr.attribution.pullback import (
+    Params,
+    SelectedOutput,
+    gradient,
+    pullback,
+    select_output,
+)
 from funcattr.attribution.registry import (
     ATTRIBUTORS,
     AttributorOption,
@@ -51,6 +58,7 @@ __all__ = [
     "IntegratedGradients",
     "Occlusion",
     "Params",
+    "SelectedOutput",
     "SmoothGrad",
     "constant",
     "fast_layout",
@@ -65,6 +73,7 @@ __all__ = [
     "one_hot",
     "pullback",
     "register_attributor",
+    "select_output",
     "smooth_grad",
     "top_k_targets",
 ]

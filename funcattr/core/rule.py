@@ -22,6 +22,7 @@ in the call site's ``memo``, which ``functionalize``'s result owns.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -33,7 +34,7 @@ from funcattr.core.call import ModuleCall, describe_arguments, describe_value
 from funcattr.core.functions import elementwise_rule
 from funcattr.core.reference import reference_rule
 from funcattr.core.switch import uses_reference
-from funcattr.core.terms import Group, Stabilizer, normalize_zero_params
+from funcattr.core.terms import Group, Stabilizer, check_zero_params, normalize_zero_params
 
 try:  # the fast path is optional: without it every rule runs on the reference path
     import funcattr.core._fast as _fast
@@ -141,6 +142,13 @@ class LinearRule(Rule):
     def stabilizer_fn(self) -> Callable[[Tensor], Tensor]:
         return Stabilizer.ensure(self.stabilizer, owner=type(self).__name__, name="stabilizer")
 
+    def check_settings(self) -> None:
+        """Check the shared settings at construction (call it in ``__post_init__``): the
+        stabilizer (a number ``>= 0`` or a callable) and the kind of ``zero_params`` (whether
+        the names exist is checked when the rule meets its layer, by :meth:`check`)."""
+        self.stabilizer_fn()
+        check_zero_params(self.zero_params, type(self).__name__)
+
     def zeroed(self) -> tuple[str, ...]:
         """The parameters every term sets to zero (``zero_params`` as a tuple)."""
         return normalize_zero_params(self.zero_params)
@@ -152,6 +160,16 @@ class LinearRule(Rule):
             module, nn.Softmax | nn.LogSoftmax | nn.Dropout
         ):
             return _NOT_LINEAR
+        # a typo in zero_params would silently zero nothing; a module without parameters
+        # has nothing to zero anyway (Zennit's composites name 'bias' for pooling layers too)
+        unknown = [name for name in self.zeroed()
+                   if module._parameters and name not in module._parameters]
+        if unknown:
+            own = ", ".join(repr(name) for name in module._parameters) or "none"
+            close = difflib.get_close_matches(unknown[0], list(module._parameters), n=1)
+            fix = f"zero_params={close[0]!r}" if close else "names from its parameters"
+            return (f"zero_params names {', '.join(repr(name) for name in unknown)}, which is "
+                    f"not a parameter of the module (its parameters: {own}); use {fix}")
         return super().check(module)
 
     def check_input(self, x: Tensor) -> str | None:
