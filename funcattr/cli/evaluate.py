@@ -454,14 +454,14 @@ def run_evaluate(ctx: click.Context, **options: Any) -> dict:
         raise click.UsageError("--samples chooses demo images; it does not apply to IMAGES.")
     output_dir: Path = options["output"]
     curves = [name for name, spec in METRIC_SPECS.items() if spec.curves]
-    staging = Staging(output_dir, _JSON_FILE, _TOOL_TAG)
-    staging.check([_TABLE_CSV, _TABLE_MD, _JSON_FILE,
-                   *(f"{m}.png" for m in curves if m in metrics and options["plot"])])
     if options["images"]:
         found = collect_samples(options["images"], recursive=options["recursive"],
                                 exclude=output_dir, allow_large=options["allow_large_images"])
     else:
         found = demo_samples(with_labels=options["model"] == "demo", count=options["samples"])
+    staging = Staging(output_dir, _JSON_FILE, _TOOL_TAG)
+    staging.check([_TABLE_CSV, _TABLE_MD, _JSON_FILE,  # before any work
+                   *(f"{m}.png" for m in curves if m in metrics and options["plot"])])
     loaded = model_from_options(options)
     samples, images, masks, skipped = _load_images(
         [s for s in found if s.problem is None], loaded, options["allow_large_images"])
