@@ -69,5 +69,7 @@ def list_command(what: str | None) -> None:
             click.echo(f"  {'demo':<28} the built-in shape classifier (default)")
             _wrapped("torchvision (with --weights FILE): " + ", ".join(torchvision_names()))
             click.echo("  or MODULE:FACTORY / FILE.py:FACTORY returning a torch.nn.Module")
+            click.echo("  or FILE.pt holding a model saved with torch.save(model) (with "
+                       "--allow-pickle)")
         if len(sections) > 1 and section != sections[-1]:
             click.echo()
