@@ -12,6 +12,7 @@ of docs/cli.md's tables of mask fractions are the command's, to the digits shown
 
 from __future__ import annotations
 
+import itertools
 import re
 import shlex
 import textwrap
@@ -132,7 +133,7 @@ def workdir(tmp_path, monkeypatch) -> Path:
 
 def _arguments(command: Command, workdir: Path) -> list[str]:
     arguments = shlex.split(command.text, comments=True)[1:]
-    for option, value in zip(arguments, arguments[1:]):
+    for option, value in itertools.pairwise(arguments):
         if option in ("-w", "--weights") and not (workdir / value).exists():
             model = arguments[arguments.index("-m") + 1]
             _random_weights(model, workdir / value)

@@ -53,10 +53,10 @@ from funcattr.cli.output import Staging, reported_errors
 from funcattr.cli.progress import Progress
 from funcattr.cli.samples import (
     Sample,
-    UnreadableImage,
     collect_samples,
     demo_samples,
-    load_sample,
+    load_samples,
+    none_readable,
 )
 from funcattr.composites import COMPOSITES
 from funcattr.metrics import (
@@ -300,23 +300,10 @@ def _load_images(samples: list[Sample], loaded: LoadedModel, allow_large: bool
                  ) -> tuple[list[Sample], Tensor, Tensor | None, list[Sample]]:
     """The readable samples, their images and masks, and the skipped samples (files found in
     folders that cannot be read; a file named on the command line is an error)."""
-    kept, pairs, skipped = [], [], []
-    for sample in samples:
-        try:
-            pairs.append(load_sample(sample, loaded.input_size, loaded.resize,
-                                     allow_large=allow_large))
-        except UnreadableImage as error:
-            if sample.explicit:
-                raise
-            sample.problem = error.reason
-            skipped.append(sample)
-            continue
-        kept.append(sample)
+    kept, pairs, skipped = load_samples(samples, loaded.input_size, loaded.resize,
+                                        allow_large=allow_large)
     if not kept:
-        reasons = "; ".join(f"{s.source}: {s.problem}" for s in skipped[:3])
-        raise click.ClickException(f"none of the {len(samples)} images could be read ({reasons}"
-                                   f"{', ...' if len(skipped) > 3 else ''}). Pass readable "
-                                   f"PNG or JPEG files.")
+        raise none_readable(len(samples), skipped)
     images = torch.stack([image for image, _ in pairs])
     masks = [mask for _, mask in pairs]
     if any(mask is None for mask in masks):

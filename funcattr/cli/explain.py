@@ -56,10 +56,10 @@ from funcattr.cli.output import Staging, png_bytes, reported_errors
 from funcattr.cli.progress import Progress
 from funcattr.cli.samples import (
     Sample,
-    UnreadableImage,
     collect_samples,
     demo_samples,
-    load_sample,
+    load_samples,
+    none_readable,
 )
 from funcattr.functional import functionalize
 from funcattr.image import CMAPS, get_cmap, imgify
@@ -342,24 +342,6 @@ def auto_batch_size(input_size: int) -> int:
     return max(1, min(16, STEP_PIXELS // (input_size * input_size)))
 
 
-def _load_batch(batch, loaded, options, skipped):
-    """The readable images of ``batch`` with their masks; unreadable files found in folders go
-    to ``skipped`` (their ``problem`` says why), those named on the command line are errors."""
-    kept, pairs = [], []
-    for sample in batch:
-        try:
-            pairs.append(load_sample(sample, loaded.input_size, loaded.resize,
-                                     allow_large=options["allow_large_images"]))
-        except UnreadableImage as error:
-            if sample.explicit:
-                raise
-            sample.problem = error.reason
-            skipped.append(sample)
-            continue
-        kept.append(sample)
-    return kept, pairs
-
-
 def _explain_all(samples, loaded, fn, params, target, staging, options, values, *, quiet):
     count = target.count()
     attributor = options["attributor"]
@@ -374,7 +356,10 @@ def _explain_all(samples, loaded, fn, params, target, staging, options, values, 
                         quiet=quiet)
     with progress:
         for batch in _batches(readable, step):
-            kept, loaded_batch = _load_batch(batch, loaded, options, skipped)
+            kept, loaded_batch, unreadable = load_samples(
+                batch, loaded.input_size, loaded.resize,
+                allow_large=options["allow_large_images"])
+            skipped += unreadable
             if not kept:
                 progress.advance(len(batch))
                 continue
@@ -417,10 +402,7 @@ def _explain_all(samples, loaded, fn, params, target, staging, options, values, 
                     np.save(staging.path(f"relevance/{sample.name}.npy"), relevance_batch[row])
             progress.advance(len(batch))
     if not records:
-        reasons = "; ".join(f"{s.source}: {s.problem}" for s in skipped[:3])
-        raise click.ClickException(f"none of the {len(samples)} images could be read ({reasons}"
-                                   f"{', ...' if len(skipped) > 3 else ''}). Pass readable "
-                                   f"PNG or JPEG files.")
+        raise none_readable(len(samples), skipped)
     return records, relevance_all, entries, skipped
 
 

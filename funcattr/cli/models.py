@@ -22,6 +22,8 @@ import click
 import torch
 from torch import Tensor, nn
 
+from funcattr.cli.output import first_line
+
 #: ImageNet statistics used by torchvision's pretrained classifiers.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -200,9 +202,8 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
                 f"torch.save(model) is passed as --model {path} --allow-pickle ({PICKLE_RISK}). "
                 f"Or save torch.save(model.state_dict(), FILE).", param_hint="--weights",
             ) from error
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise click.BadParameter(
-            f"{path}: not a PyTorch state_dict file ({first[:200]}). Save weights with "
+            f"{path}: not a PyTorch state_dict file ({first_line(error, 200)}). Save weights with "
             f"torch.save(model.state_dict(), FILE).",
             param_hint="--weights",
         ) from error
@@ -242,9 +243,9 @@ def _load_whole_model(path: Path, allow_pickle: bool) -> nn.Module:
                 f"pass --allow-pickle: {PICKLE_RISK}. Or save torch.save(model.state_dict(), "
                 f"FILE) and pass --model MODULE:FACTORY --weights FILE.", param_hint="--model",
             ) from error
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise click.BadParameter(
-            f"{path}: cannot load the model ({type(error).__name__}: {first[:200]}). Check that "
+            f"{path}: cannot load the model ({type(error).__name__}: {first_line(error, 200)}). "
+            f"Check that "
             f"the modules its classes come from are importable from the working folder "
             f"{Path.cwd()}.", param_hint="--model",
         ) from error
@@ -468,10 +469,10 @@ def load_model(
         with torch.no_grad():
             output = model(probe)
     except Exception as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise click.ClickException(
             f"--model {name}: the model cannot process a 3x{size}x{size} image "
-            f"({type(error).__name__}: {first[:200]}). Set --input-size to what it expects."
+            f"({type(error).__name__}: {first_line(error, 200)}). Set --input-size to what it "
+            f"expects."
         ) from error
     if not isinstance(output, Tensor) or output.ndim != 2:
         got = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__

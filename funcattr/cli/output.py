@@ -119,6 +119,11 @@ class Staging:
                     f"another output folder.", param_hint="--output",
                 )
         existing = next(p for p in [final.parent, *final.parent.parents] if p.exists())
+        if not existing.is_dir():
+            raise click.BadParameter(
+                f"{self.shown}: expected a folder that can be created, got none: {existing} "
+                f"is a file. Choose another output folder.", param_hint="--output",
+            )
         if not os.access(existing, os.W_OK | os.X_OK):
             raise click.BadParameter(
                 f"{self.shown}: expected a folder that can be created, got none: {existing} is "

@@ -25,7 +25,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 __all__ = ["IMAGE_SUFFIXES", "MASK_SUFFIX", "Sample", "UnreadableImage", "collect_samples",
-           "demo_samples", "load_sample"]
+           "demo_samples", "load_sample", "load_samples", "none_readable"]
 
 #: File name suffixes of images found in folders (explicit files may be any image Pillow reads).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -322,3 +322,32 @@ def load_sample(sample: Sample, size: int, resize: int, *,
         mask_image = _resize_crop(mask_image, size, resize, Image.Resampling.NEAREST)
         mask = torch.from_numpy(np.array(mask_image) > 127)
     return tensor, mask
+
+
+def load_samples(samples: Sequence[Sample], size: int, resize: int, *, allow_large: bool = False
+                 ) -> tuple[list[Sample], list[tuple[Tensor, Tensor | None]], list[Sample]]:
+    """:func:`load_sample` for each sample: ``(kept, their (image, mask) pairs, skipped)``.
+
+    A file found in a folder that cannot be read is skipped (its :attr:`Sample.problem` says
+    why); one named on the command line raises :class:`UnreadableImage`.
+    """
+    kept, pairs, skipped = [], [], []
+    for sample in samples:
+        try:
+            pairs.append(load_sample(sample, size, resize, allow_large=allow_large))
+        except UnreadableImage as error:
+            if sample.explicit:
+                raise
+            sample.problem = error.reason
+            skipped.append(sample)
+            continue
+        kept.append(sample)
+    return kept, pairs, skipped
+
+
+def none_readable(count: int, skipped: Sequence[Sample]) -> click.ClickException:
+    """The error when none of ``count`` images could be read (the first reasons named)."""
+    reasons = "; ".join(f"{s.source}: {s.problem}" for s in skipped[:3])
+    more = ", ..." if len(skipped) > 3 else ""
+    return click.ClickException(f"none of the {count} images could be read ({reasons}{more}). "
+                                f"Pass readable PNG or JPEG files.")
