@@ -573,3 +573,35 @@ def test_help_does_not_import_torch():
                             timeout=300, check=True)
     assert "explain" in result.stdout and "evaluate" in result.stdout
     assert result.stdout.splitlines()[-1] == "[]"
+
+
+def test_evaluate_in_steps_equals_one_library_call(tmp_path):
+    """funcattr evaluate runs one metric per step (for its progress lines), reusing each
+    method's attributions; the table is that of one fm.evaluate call with every metric,
+    including the metrics that call the explainer again (max_sensitivity) or read its
+    parameters (model_parameter_randomisation)."""
+    import funcattr.metrics as fm
+    from funcattr.demo import load_demo_model, make_dataset
+    from funcattr.demo.train import TEST_SEED
+
+    metrics = ["pixel_flipping", "max_sensitivity", "random_logit",
+               "model_parameter_randomisation"]
+    out = tmp_path / "out"
+    result = invoke("evaluate", "-n", "2", "-a", "gradient", "-c", "epsilon_plus_flat", "-M",
+                    ",".join(metrics), "--canonizer", "none", "-q", "-o", out)
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "evaluation.json").read_text())
+    images, _, _ = make_dataset(2, TEST_SEED)
+    model = load_demo_model()
+    with torch.no_grad():
+        target = model(images).argmax(dim=1)
+    table = fm.evaluate(model, images, target, None,
+                        {"gradient": fm.explainer(model),
+                         "epsilon_plus_flat": fm.explainer(model, "epsilon_plus_flat")},
+                        metrics, seed=0)
+    assert list(record["values"]) == ["gradient", "epsilon_plus_flat"]
+    for name, row in record["values"].items():
+        assert list(row) == list(table.columns)
+        for column, values in row.items():
+            np.testing.assert_allclose(values, table.values[name][column].tolist(),
+                                       rtol=1e-4, atol=1e-6, err_msg=f"{name} {column}")

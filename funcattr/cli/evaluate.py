@@ -341,6 +341,11 @@ class _Reused:
         self.explain, self.keep = explain, keep
         self.calls: list[tuple[Tensor, Tensor, Tensor]] = []
 
+    def __getattr__(self, name: str) -> Any:
+        if name == "explain":  # not set yet
+            raise AttributeError(name)
+        return getattr(self.explain, name)  # e.g. .params, which randomisation metrics read
+
     def __call__(self, input: Tensor, target: Tensor, params: Any = None) -> Tensor:
         if params is not None:
             return self.explain(input, target, params=params)
