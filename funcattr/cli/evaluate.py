@@ -407,8 +407,9 @@ def _merge(parts: list[Any]) -> Any:
               help="Seed with score * one-hot instead of one-hot (LRP relevance sums to the "
                    "score).")
 @click.option("--canonizer", default="auto", show_default=True,
-              help="For methods with a composite: auto (by architecture), none, or canonizer "
-                   "names (comma-separated).")
+              help="For methods with a composite: auto (the registered canonizer that fits "
+                   "the architecture), none, or names from `funcattr list canonizers` "
+                   "(comma-separated).")
 @attributor_options
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the metrics' random draws (the same for every method) and of the "

@@ -139,7 +139,8 @@ def _check_cmap(ctx, param, value):
 @click.option("--attributor", "-a", type=AttributorChoice(), default="gradient",
               show_default=True, help="How to attribute (see `funcattr list attributors`).")
 @click.option("--canonizer", default="auto", show_default=True,
-              help="auto (by architecture), none, or canonizer names (comma-separated).")
+              help="auto (the registered canonizer that fits the architecture), none, or "
+                   "names from `funcattr list canonizers` (comma-separated).")
 @click.option("--target", "-t", type=TargetType(), default="pred", show_default=True,
               help="Class to explain: pred (the prediction), an index, a class name, or topK "
                    "for the K best classes (K heatmaps per image).")
