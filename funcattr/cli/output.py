@@ -45,21 +45,24 @@ def is_our_folder(folder: Path, marker: str, tool: str) -> bool:
     return _marker_data(folder, marker, tool) is not None
 
 
-def foreign_entries(folder: Path, marker: str, tool: str) -> list[str]:
-    """The files and folders in ``folder`` (relative, ``/``-separated, sorted) that the last run
-    of ``tool`` did not write: all of them unless ``marker`` is its JSON file with its list of
-    ``files``."""
+def _written(folder: Path, marker: str, tool: str) -> set[str]:
+    """What the last run of ``tool`` wrote into ``folder`` (its marker's ``files``), or nothing."""
     data = _marker_data(folder, marker, tool)
-    written = set(data.get("files", ())) | {marker} if data is not None else set()
-    parents = {str(parent.as_posix()) for name in written for parent in Path(name).parents}
-    entries = []
+    return set(data.get("files", ())) | {marker} if data is not None else set()
+
+
+def foreign_entries(folder: Path, marker: str, tool: str) -> Iterator[str]:
+    """The files and folders in ``folder`` (relative, ``/``-separated, in ``os.walk`` order)
+    that the last run of ``tool`` did not write: all of them unless ``marker`` is its JSON file
+    with its list of ``files``. A generator: the first one costs one folder listing."""
+    written = _written(folder, marker, tool)
+    parents = {parent.as_posix() for name in written for parent in Path(name).parents}
     for directory, folders, files in os.walk(folder):
         base = Path(directory).relative_to(folder)
         for name in [*folders, *files]:
             relative = (base / name).as_posix()
             if relative not in written and relative not in parents:
-                entries.append(relative)
-    return sorted(entries)
+                yield relative
 
 
 class Staging:
@@ -104,10 +107,12 @@ class Staging:
                     f"permission. Make it writable (chmod u+w) or choose another output folder.",
                     param_hint="--output",
                 )
-            foreign = foreign_entries(final, self.marker, self.tool)
-            if foreign:
-                clash = next((name for name in planned if name in foreign), foreign[0])
-                if not is_our_folder(final, self.marker, self.tool):
+            written = _written(final, self.marker, self.tool)
+            clash = next((name for name in planned
+                          if name not in written and os.path.lexists(final / name)), None)
+            clash = clash or next(foreign_entries(final, self.marker, self.tool), None)
+            if clash is not None:
+                if not written:
                     raise click.BadParameter(
                         f"{self.shown} already holds {clash} (not written by {self.tool}); a "
                         f"run replaces its output folder whole. Choose another output folder "
