@@ -48,6 +48,17 @@ def assert_error(result, fragment: str, code: int | None = None) -> str:
     return error_lines[0]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _no_progress_lines():
+    """Stderr holds only what a test expects: no progress lines, however slow the machine
+    (tests/test_cli_reliability.py tests them)."""
+    from funcattr.cli import progress
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(progress, "QUIET_SECONDS", float("inf"))
+        yield
+
+
 @pytest.fixture(scope="module")
 def demo() -> tuple:
     return load_demo_samples()

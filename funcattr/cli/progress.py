@@ -18,7 +18,7 @@ import click
 __all__ = ["QUIET_SECONDS", "Progress"]
 
 #: When stderr is not a terminal, progress lines start once a run has taken this long.
-QUIET_SECONDS = 10.0
+QUIET_SECONDS = 30.0
 
 
 class Progress:
