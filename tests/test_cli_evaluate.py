@@ -59,6 +59,17 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module", autouse=True)
+def _no_progress_lines():
+    """Stderr holds only what a test expects: no progress lines, however slow the machine
+    (tests/test_cli_reliability.py tests them)."""
+    from funcattr.cli import progress
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(progress, "QUIET_SECONDS", float("inf"))
+        yield
+
+
+@pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     """One intra-op thread: these tiny batches gain nothing from two, and on shared, loaded
     cores two threads wait for each other (runs took 3-5x longer)."""
