@@ -14,6 +14,9 @@ The public surface, by layer (``docs/architecture.md`` has the whole map):
   ``ATTRIBUTORS`` / ``get_attributor`` / ``register_attributor``, and (on first use)
   ``METRICS`` / ``get_metric`` / ``register_metric``;
 - ``functionalize(model, composite, canonizers) -> (fn, params)``;
+- ``relevance(fn, params, input, attr_output_fn)``: LRP relevance whatever the composite's
+  form; ``transformers``: AttnLRP and CP-LRP (``attn_lrp``, ``cp_lrp``) and helpers for
+  ``transformers`` models; ``ModelCheckWarning``: what ``functionalize`` reports;
 - attributors: ``gradient``, ``pullback``, ``multi_target``, ``smooth_grad``,
   ``integrated_gradients``, ``occlusion`` and Zennit's classes ``Attributor``, ``Gradient``,
   ``SmoothGrad``, ``IntegratedGradients``, ``Occlusion``; targets: ``one_hot``,
@@ -25,7 +28,17 @@ The public surface, by layer (``docs/architecture.md`` has the whole map):
 import importlib
 from typing import Any
 
-from funcattr import allocator, attribution, canonizers, composites, core, layer, rules, types
+from funcattr import (
+    allocator,
+    attribution,
+    canonizers,
+    composites,
+    core,
+    layer,
+    rules,
+    transformers,
+    types,
+)
 from funcattr.allocator import warm_allocator
 from funcattr.attribution import (
     ATTRIBUTORS,
@@ -42,6 +55,7 @@ from funcattr.attribution import (
     one_hot,
     pullback,
     register_attributor,
+    relevance,
     smooth_grad,
     top_k_targets,
 )
@@ -98,9 +112,11 @@ __all__ = [
     "register_attributor",
     "register_composite",
     "register_metric",
+    "relevance",
     "rules",
     "smooth_grad",
     "top_k_targets",
+    "transformers",
     "types",
     "warm_allocator",
 ]

@@ -113,7 +113,8 @@ def functionalize(
         view, transform = CompositeCanonizer(chain).apply(model)
     rules = assign_rules(view, composite)
     params = model_params(model)
-    return FunctionalModel(view, rules, transform, params), params
+    form = composite.form if composite is not None else "gradient_x_input"
+    return FunctionalModel(view, rules, transform, params, form=form), params
 
 
 class RuledModule(LiveModel):
