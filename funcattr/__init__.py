@@ -32,6 +32,7 @@ from funcattr import (
     allocator,
     attribution,
     canonizers,
+    checks,
     composites,
     core,
     layer,
@@ -60,6 +61,7 @@ from funcattr.attribution import (
     top_k_targets,
 )
 from funcattr.canonizers import CANONIZERS, canonizers_for, get_canonizer
+from funcattr.checks import ModelCheckWarning
 from funcattr.composites import COMPOSITES, assign_rules, get_composite, register_composite
 from funcattr.functional import functionalize
 
@@ -83,6 +85,7 @@ __all__ = [
     "Attributor",
     "Gradient",
     "IntegratedGradients",
+    "ModelCheckWarning",
     "Occlusion",
     "SmoothGrad",
     "allocator",
@@ -90,6 +93,7 @@ __all__ = [
     "attribution",
     "canonizers",
     "canonizers_for",
+    "checks",
     "cmap",
     "composites",
     "core",

@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("rules", ("rules",)),
     ("canonizers", ("canonizers", "torchvision")),
     ("ruled tree", ("ruled",)),
-    ("composites", ("composites",)),
+    ("composites", ("composites", "checks")),
     ("functional", ("functional",)),
     ("attribution", ("attribution",)),
     ("transformers, datasets", ("transformers", "datasets")),
@@ -41,7 +41,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cli", ("cli", "demo", "__main__")),
 ]
 #: Layer entries whose modules do not exist yet (the issues that add them).
-PLANNED = {"transformers", "datasets"}
+PLANNED = {"datasets"}
 
 RANK = {name: rank for rank, (_, names) in enumerate(LAYERS) for name in names}
 FACE = "funcattr"

@@ -18,6 +18,7 @@ from torch import nn
 
 from funcattr import types
 from funcattr.canonizers import Canonizer, CompositeCanonizer, as_canonizers
+from funcattr.checks import find_problems, report_problems
 from funcattr.core import Rule
 from funcattr.ruled import FunctionalModel, LiveModel, RuleMap
 
@@ -191,8 +192,11 @@ class Composite:
         ...     relevance, = torch.autograd.grad(output, input, target)
         """
         view, transform = CompositeCanonizer(self.canonizers).apply(model)
-        fn = FunctionalModel(view, assign_rules(view, self), transform, form=self.form)
-        yield LiveModel(model, fn)
+        rules = assign_rules(view, self)
+        report_problems(find_problems(model, view, rules, self.form, bool(self.canonizers)),
+                        f"{type(self).__name__}.context(model={type(model).__name__})", "warn",
+                        stacklevel=4)
+        yield LiveModel(model, FunctionalModel(view, rules, transform, form=self.form))
 
     def __repr__(self) -> str:
         arguments = ", ".join(f"{k}={_shown(v)!r}" for k, v in self.arguments)

@@ -20,9 +20,6 @@ from funcattr.transformers.composites import (
     CPLRP,
     AttnLRP,
     TransformerComposite,
-    is_activation,
-    is_norm,
-    never_called,
     plan_rules,
 )
 from funcattr.transformers.language import (
@@ -59,10 +56,7 @@ __all__ = [
     "cosine_to",
     "embedding_function",
     "input_embeddings",
-    "is_activation",
-    "is_norm",
     "mean_pool",
-    "never_called",
     "norm_kind",
     "plan_rules",
     "token_logit",

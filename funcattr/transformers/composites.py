@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 from funcattr import types
+from funcattr.checks import is_activation, is_norm, never_called
 from funcattr.composites import Composite, register_composite
 from funcattr.composites.maps import record_arguments
 from funcattr.core import Rule
@@ -51,9 +52,6 @@ __all__ = [
     "SEPARATE_QKV",
     "AttnLRP",
     "TransformerComposite",
-    "is_activation",
-    "is_norm",
-    "never_called",
     "plan_rules",
 ]
 
@@ -67,26 +65,6 @@ SEPARATE_QKV: tuple[tuple[str, str, str], ...] = (
 PACKED_QKV: tuple[str, ...] = ("c_attn",)  # GPT-2
 #: Child names of a gated MLP ``down(act(gate(x)) * up(x))``.
 GATED_MLP: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")
-
-
-def is_activation(module: nn.Module) -> bool:
-    """An element-wise activation: torch's (``funcattr.types.Activation``) or one of
-    ``transformers.activations`` (``GELUActivation``, ``NewGELUActivation``, ...)."""
-    return isinstance(module, types.Activation) or (
-        type(module).__module__ == "transformers.activations")
-
-
-def is_norm(module: nn.Module) -> bool:
-    """A normalisation layer by type or name: torch's LayerNorm, RMSNorm, GroupNorm, or any
-    class whose name ends in ``LayerNorm``/``RMSNorm``/``RmsNorm``."""
-    return isinstance(module, nn.LayerNorm | nn.RMSNorm | nn.GroupNorm | nn.LocalResponseNorm) \
-        or type(module).__name__.lower().endswith(("layernorm", "rmsnorm"))
-
-
-def never_called(parent: nn.Module) -> tuple[str, ...]:
-    """Children of ``parent`` whose forward never runs (their weights are used functionally):
-    ``out_proj`` of ``torch.nn.MultiheadAttention``."""
-    return ("out_proj",) if isinstance(parent, nn.MultiheadAttention) else ()
 
 
 def _linear_like(module: nn.Module | None) -> bool:
