@@ -13,9 +13,9 @@ with ordinary differentiable operations, so everything composes with ``torch.fun
 - :mod:`.reference`: **the reference rule**, the paper's four steps ``z, s, c, R`` for any
   module, the specification of every LRP rule;
 - :mod:`.functions`: the transform-safe Functions :func:`modified_gradient` and
-  :func:`elementwise_rule`, for rules that write their own ``apply``; :func:`scale_gradient`
-  and :func:`stop_gradient` (from :mod:`.rule`, which picks the fast path where it may) scale
-  or stop a gradient at the rules' level only;
+  :func:`elementwise_rule`, for rules that write their own ``apply``; :func:`scale_gradient`,
+  :func:`stop_gradient` and :func:`replace_gradient` (from :mod:`.rule`, which picks the fast
+  path where it may) scale, stop or replace a gradient at the rules' level only;
 - :mod:`.levels`: what the surrounding ``torch.func`` transforms look like
   (:func:`is_transformed`, :func:`is_differentiated`, :func:`concrete_value`) and
   :func:`rules_at_this_level`;
@@ -40,6 +40,7 @@ from funcattr.core.rule import (
     LinearRule,
     Rule,
     fast_path_available,
+    replace_gradient,
     scale_gradient,
     stop_gradient,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "modified_gradient",
     "only_rule_level",
     "reference_path",
+    "replace_gradient",
     "rules_at_this_level",
     "scale_gradient",
     "stabilize",

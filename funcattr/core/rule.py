@@ -48,6 +48,7 @@ __all__ = [
     "LinearRule",
     "Rule",
     "fast_path_available",
+    "replace_gradient",
     "rule_error",
     "scale_gradient",
     "stop_gradient",
@@ -76,6 +77,26 @@ def scale_gradient(x: Tensor, factor: float | Tensor) -> Tensor:
     if _fast is not None and not uses_reference():
         return _fast.scale_gradient(x, factor)
     return functions.scale_gradient(x, factor)
+
+
+def replace_gradient(x: Tensor, y: Tensor, backward: Callable[..., Tensor],
+                     *tensors: Tensor | None) -> Tensor:
+    """``y`` whose gradient with respect to ``x`` is ``backward(x, None, tensors, grad)``.
+
+    :func:`funcattr.core.functions.modified_gradient` for a ``backward`` that does not read
+    ``y`` (it gets ``None``): on the fast path, plain tensors need no copy of ``y`` and a
+    light Function (AttnLRP's LayerNorm rule, called dozens of times per explanation).
+    """
+    if _fast is not None and not uses_reference():
+        return _fast.replace_gradient(x, y, backward, *tensors)
+    return functions.modified_gradient(x, y, _ignoring_output(backward), *tensors)
+
+
+def _ignoring_output(backward: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    def without_output(x: Tensor, y: Tensor | None, tensors: tuple, grad: Tensor) -> Tensor:
+        return backward(x, None, tensors, grad)
+
+    return without_output
 
 
 def stop_gradient(x: Tensor) -> Tensor:

@@ -23,7 +23,7 @@ import torch
 
 from funcattr.demo.data import make_dataset
 from funcattr.demo.train import TEST_SEED, TEST_SIZE, TRAIN_SEED, deterministic, predict, train
-from funcattr.demo.vit import VIT_CONFIG, VIT_WEIGHTS_FILE, build_demo_vit
+from funcattr.demo.vit import VIT_CONFIG, VIT_STEM, VIT_WEIGHTS_FILE, build_demo_vit
 
 __all__ = ["main"]
 
@@ -35,10 +35,10 @@ def main(argv: Sequence[str] | None = None) -> float:
     parser = argparse.ArgumentParser(prog="python -m funcattr.demo.train_vit",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=_PACKAGE_DIR / VIT_WEIGHTS_FILE)
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--samples-per-epoch", type=int, default=10_000)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0, help="seed of the model initialisation")
     parser.add_argument("--threads", type=int, default=1, help="number of CPU threads")
@@ -58,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> float:
     torch.save({key: value.detach().clone() for key, value in model.state_dict().items()},
                args.out)
     record = {"command": "python -m funcattr.demo.train_vit", "config": VIT_CONFIG,
+              "conv_stem": list(VIT_STEM),
               "epochs": args.epochs, "samples_per_epoch": args.samples_per_epoch,
               "batch_size": args.batch_size, "learning_rate": args.learning_rate,
               "weight_decay": args.weight_decay, "seed": args.seed, "train_seed": TRAIN_SEED,

@@ -38,7 +38,9 @@ from funcattr.core import (
     LinearRule,
     Rule,
     elementwise_rule,
-    modified_gradient,
+    is_transformed,
+    only_rule_level,
+    replace_gradient,
     scale_gradient,
     stabilize,
 )
@@ -118,7 +120,11 @@ class IdentityRule(ElementwiseRule):
         _check_epsilon("IdentityRule", self.epsilon)
 
     def backward(self, input: Tensor | None, grad_output: Tensor, *output: Tensor) -> Tensor:
-        return grad_output * (output[0] / (input + self.epsilon))
+        ratio = input + self.epsilon
+        if torch.is_grad_enabled() or is_transformed(ratio) or is_transformed(output[0]):
+            return grad_output * (output[0] / ratio)
+        torch.div(output[0], ratio, out=ratio)  # nothing records: no new buffers
+        return grad_output * ratio
 
 
 def norm_kind(module: nn.Module) -> str | None:
@@ -161,10 +167,26 @@ def _epsilon_of(module: nn.Module) -> float | None:
 
 def _layer_norm_backward(module: nn.Module, x: Tensor, y: Tensor | None, tensors: tuple,
                          grad: Tensor) -> Tensor:
+    """``(g w - mean(g w)) / sigma``; ``tensors`` is ``(weight?, rstd?)`` (``rstd`` from the
+    forward where it was computed there, else anew from ``x``)."""
     dims = tuple(range(-len(module.normalized_shape), 0))
-    rstd = torch.rsqrt(x.var(dims, unbiased=False, keepdim=True) + module.eps)
-    scaled = grad * tensors[0] if tensors else grad
+    weight = tensors[0] if module.weight is not None else None
+    if len(tensors) > (weight is not None):
+        rstd = tensors[-1]
+    else:
+        rstd = torch.rsqrt(x.var(dims, unbiased=False, keepdim=True) + module.eps)
+    scaled = grad * weight if weight is not None else grad
     return (scaled - scaled.mean(dims, keepdim=True)) * rstd
+
+
+def _native_layer_norm(module: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(y, rstd)`` of ``torch.nn.LayerNorm``'s own kernel (the value its forward returns),
+    without recording the forward where only the rule's level differentiates ``x``."""
+    recorded = not only_rule_level(x)
+    with torch.enable_grad() if recorded else torch.no_grad():
+        y, _, rstd = torch.native_layer_norm(x, module.normalized_shape, module.weight,
+                                             module.bias, module.eps)
+    return y, rstd.detach()
 
 
 def _rms_norm_backward(dims: tuple[int, ...], eps: float, x: Tensor, y: Tensor | None,
@@ -214,8 +236,15 @@ class NormRule(Rule):
 
     def apply(self, module: nn.Module, forward: Callable[..., Any], *args, **kwargs) -> Tensor:
         x = _first(self, module, args)
-        y = _module_output(self, module, forward, args, kwargs)
         weight = getattr(module, "weight", None)
+        if (self.kind == "layer_norm" and len(args) == 1 and not kwargs
+                and not is_transformed(x) and type(module).forward is nn.LayerNorm.forward):
+            # the forward's own 1 / sigma, kept for the backward (no second pass over x)
+            y, rstd = _native_layer_norm(module, x)
+            backward = _partial_backward(_layer_norm_backward, module)
+            tensors = (rstd,) if weight is None else (weight, rstd)
+            return replace_gradient(x, y, backward, *tensors)
+        y = _module_output(self, module, forward, args, kwargs)
         if self.kind == "layer_norm":
             backward = _partial_backward(_layer_norm_backward, module)
         elif self.kind == "rms_norm":
@@ -227,8 +256,8 @@ class NormRule(Rule):
             if self.kind == "rms_one_plus_weight":
                 weight = 1 + weight
         if weight is None:
-            return modified_gradient(x, y, backward)
-        return modified_gradient(x, y, backward, weight)
+            return replace_gradient(x, y, backward)
+        return replace_gradient(x, y, backward, weight)
 
 
 def _partial_backward(function: Callable[..., Tensor], *bound: Any) -> Callable[..., Tensor]:

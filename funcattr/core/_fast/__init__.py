@@ -37,7 +37,7 @@ from funcattr.core.call import ModuleCall
 from funcattr.core.levels import is_transformed
 from funcattr.core.reference import LayerFunction, reference_backward
 
-__all__ = ["elementwise_rule", "linear_rule", "scale_gradient"]
+__all__ = ["elementwise_rule", "linear_rule", "replace_gradient", "scale_gradient"]
 
 
 def _transformed(*tensors: Tensor | None) -> bool:
@@ -118,3 +118,18 @@ def elementwise_rule(x: Tensor, forward: Callable[[Tensor], Tensor],
 def scale_gradient(x: Tensor, factor: float | Tensor) -> Tensor:
     """``x`` with the gradient ``factor * grad``: see :func:`eager.scale_gradient`."""
     return eager.scale_gradient(x, factor)
+
+
+def _no_recompute(x: Tensor, tensors: Sequence[Tensor]) -> Tensor:  # pragma: no cover
+    raise AssertionError("replace_gradient keeps no output, so it never recomputes one")
+
+
+def replace_gradient(x: Tensor, y: Tensor, backward: Callable, *tensors: Tensor | None
+                     ) -> Tensor:
+    """``y`` with the gradient ``backward(x, None, tensors, grad)``: the eager Function
+    without a copy of ``y`` for plain tensors, else the transform-safe one."""
+    if _transformed(x, y, *tensors):
+        return functions.modified_gradient(
+            x, y, lambda x, y, tensors, grad: backward(x, None, tensors, grad), *tensors)
+    return eager.modified_gradient(x, y, backward, *tensors, recompute=_no_recompute,
+                                   site=eager.CallSite(), keep_output=False)
