@@ -47,8 +47,8 @@ import models  # noqa: E402  (tests/reference/lxt/models.py, put on the path by 
 
 import funcattr  # noqa: E402
 from funcattr.transformers import (  # noqa: E402
-    AttnLRP,
     CPLRP,
+    AttnLRP,
     cosine_to,
     embedding_function,
     input_embeddings,

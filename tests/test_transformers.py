@@ -18,8 +18,8 @@ from torch import nn
 
 import funcattr
 from funcattr.transformers import (
-    AttnLRP,
     CPLRP,
+    AttnLRP,
     cosine_to,
     embedding_function,
     input_embeddings,
@@ -90,7 +90,7 @@ def test_vit_b_16_equals_lxt(variant: str) -> None:
         assert abs(s2 - e2) <= 1e-10 * e2 and abs(s - e) <= 1e-10 * e2 ** 0.5, name
     x = models.vit_b_16_input()
     fn, params = funcattr.functionalize(model, COMPOSITES[variant]())
-    logits, relevance = funcattr.relevance(fn, params, x,
+    _logits, relevance = funcattr.relevance(fn, params, x,
                                            funcattr.one_hot(int(arrays["target"][0])))
     assert_matches(relevance.sum(1)[0], arrays["relevance_channel_sum"])
     flat = relevance.flatten()[torch.from_numpy(arrays["sample_flat_index"])]
@@ -150,7 +150,7 @@ def test_causal_lm_equals_lxt(name: str, implementation: str) -> None:
     tokens = [int(t) for t in arrays["targets"]]
     rtol = 1e-6 if kind == "llama" else 1e-12
     for k, (position, token) in enumerate(zip(positions, tokens, strict=True)):
-        logits, relevance = funcattr.relevance(logits_fn, params, words,
+        _logits, relevance = funcattr.relevance(logits_fn, params, words,
                                                token_logit(position, token))
         assert_matches(relevance[0], arrays[f"{implementation}_full"][k], rtol)
         assert_matches(relevance[0].sum(-1), arrays[f"{implementation}_tokens"][k], rtol)
