@@ -4,7 +4,9 @@
 then check the result, reporting every problem at once in one :class:`ModelCheckWarning`
 (or, with ``check='raise'``, one ``ValueError``):
 
-- **unruled modules whose gradient is not a relevance rule** for the composite's form:
+- **unruled modules whose gradient is not a relevance rule** for the composite's form (in
+  Zennit's form, for LRP composites: a composite of modified gradients alone, such as guided
+  backprop, explains a gradient on purpose and is not checked):
   normalisations (LayerNorm, RMSNorm, GroupNorm), attention (``MultiheadAttention``, the
   attention modules of ``transformers``), recurrent layers (LSTM, GRU, RNN), non-linear
   activations (GELU, SiLU, Tanh, ``transformers``' activation classes; in Zennit's form every
@@ -30,7 +32,7 @@ from torch import nn
 
 from funcattr import types
 from funcattr.canonizers import canonizers_for
-from funcattr.core import Rule
+from funcattr.core import LinearRule, Rule
 
 __all__ = [
     "CHECKS",
@@ -131,8 +133,8 @@ def _unsafe(module: nn.Module, form: str) -> tuple[str, str] | None:
         return "no rule: the gradient of a non-linear activation is not a relevance rule", fix
     if form == "relevance" and isinstance(module, types.BatchNorm):
         return ("no rule: a batch norm's gradient rescales relevance",
-                "merge it into the layer before it with a canonizer "
-                "(funcattr.canonizers_for(model))")
+                "merge it into the layer before it with a canonizer (funcattr.canonizers_for("
+                "model)), or give it funcattr.rules.Pass() as the LRP presets do")
     return None
 
 
@@ -146,8 +148,12 @@ def find_problems(model: nn.Module, view: nn.Module, rules: Mapping[str, Rule], 
                   canonized: bool) -> list[Problem]:
     """Every problem of ``rules`` (resolved on ``view``, the canonized ``model``) in ``form``.
 
-    ``canonized``: whether canonizers were applied (then no canonizer is suggested).
+    ``canonized``: whether canonizers were applied (then no canonizer is suggested). In
+    Zennit's form only LRP composites are checked (some rule is an LRP rule): a composite of
+    modified gradients alone (guided backprop, DeconvNet) explains a gradient on purpose.
     """
+    if form == "relevance" and not any(isinstance(rule, LinearRule) for rule in rules.values()):
+        return []
     problems = []
     modules = dict(view.named_modules())
     for name, module in modules.items():

@@ -30,20 +30,17 @@ __all__ = ["FORMS", "form_of", "relevance"]
 #: The two conventions: see the module docstring.
 FORMS = ("relevance", "gradient_x_input")
 
-_NO_FORM = (
-    "relevance(fn={fn}): expected a function that says how its rules carry relevance (the "
-    "fn of funcattr.functionalize has fn.form), got one without a form attribute. Pass "
-    "form='gradient_x_input' (AttnLRP, CP-LRP, no rules) or form='relevance' (Zennit's "
-    "composites), or set fn.form on your wrapper."
-)
-
-
 def form_of(fn: Callable, form: str | None, owner: str = "relevance") -> str:
     """``form`` if given, else ``fn.form``; checked against :data:`FORMS`."""
     if form is None:
         form = getattr(fn, "form", None)
         if form is None:
-            raise TypeError(_NO_FORM.format(fn=getattr(fn, "__qualname__", type(fn).__name__)))
+            name = getattr(fn, "__qualname__", type(fn).__name__)
+            raise TypeError(
+                f"{owner}(fn={name}): expected a function that says how its rules carry "
+                f"relevance (the fn of funcattr.functionalize has fn.form), got one without a "
+                f"form attribute. Pass form='gradient_x_input' (AttnLRP, CP-LRP, no rules) or "
+                f"form='relevance' (Zennit's composites), or set fn.form on your wrapper.")
     if form not in FORMS:
         raise ValueError(f"{owner}(form={form!r}): expected one of {FORMS}, got {form!r}. Pass "
                          f"form='gradient_x_input' or form='relevance'.")
