@@ -40,7 +40,7 @@ from funcattr.cli.attributors import (
 )
 from funcattr.cli.canonizers import resolve_canonizers
 from funcattr.cli.group import main
-from funcattr.cli.models import LoadedModel
+from funcattr.cli.models import DEMO_MODELS, LoadedModel
 from funcattr.cli.options import (
     attributor_option_names,
     attributor_options,
@@ -404,7 +404,7 @@ def run_evaluate(ctx: click.Context, **options: Any) -> dict:
                                   exclude=output_dir)
         source = f"{len(samples)} images"
     else:
-        samples = demo_samples(with_labels=loaded.name == "demo", count=options["samples"])
+        samples = demo_samples(with_labels=loaded.name in DEMO_MODELS, count=options["samples"])
         which = "shipped" if options["samples"] is None else "generated test"
         source = f"{len(samples)} {which} demo images"
     images, masks = _load_images(samples, loaded)

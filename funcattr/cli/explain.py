@@ -40,7 +40,7 @@ from funcattr.cli.heatmaps import (
     normalize_relevance,
     positive_fraction_in_mask,
 )
-from funcattr.cli.models import LoadedModel
+from funcattr.cli.models import DEMO_MODELS, LoadedModel
 from funcattr.cli.options import (
     AttributorChoice,
     attributor_option_names,
@@ -176,7 +176,7 @@ def run_explain(ctx: click.Context, **options: Any) -> dict:
         samples = collect_samples(options["images"], recursive=options["recursive"],
                                   exclude=output_dir)
     else:
-        samples = demo_samples(with_labels=loaded.name == "demo")
+        samples = demo_samples(with_labels=loaded.name in DEMO_MODELS)
     target: TargetSpec = options["target"]
     target = _resolve_target(target, loaded)
     composite, composite_text = build_composite(options["composite"], loaded, attributor)

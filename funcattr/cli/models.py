@@ -19,6 +19,8 @@ from torch import Tensor, nn
 #: ImageNet statistics used by torchvision's pretrained classifiers.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: The built-in models of ``--model``: the CNN and the ViT trained on the demo shapes.
+DEMO_MODELS = ("demo", "demo-vit")
 #: Canonizers chosen by ``--canonizer auto``: architecture family -> candidate class names
 #: (the first one available wins); the keys are the families :func:`family_of` knows.
 AUTO_CANONIZERS: dict[str, tuple[str, ...]] = {
@@ -295,7 +297,8 @@ def load_model(
     normalization: str = "auto",
     class_names: Path | None = None,
 ) -> LoadedModel:
-    """Load the classifier named by ``--model``: ``demo``, a torchvision name or ``MODULE:FACTORY``.
+    """Load the classifier named by ``--model``: ``demo`` (``demo-vit``), a torchvision name or
+    ``MODULE:FACTORY``.
 
     Parameters
     ----------
@@ -326,17 +329,20 @@ def load_model(
     weight_path = None if weights in (None, "random") else Path(weights)
     described = "random" if weights == "random" else str(weights) if weights else "as built"
     torchvision_model = False
-    if name == "demo":
+    if name in DEMO_MODELS:  # the CNN and the ViT on the demo shapes
         from funcattr.demo import CLASSES, IMAGE_SIZE, DemoNet, load_demo_model
+        from funcattr.demo.vit import build_demo_vit, load_demo_vit
 
-        family, names = "demo", tuple(CLASSES)
+        family, names = name, tuple(CLASSES)
         default_size, default_norm = IMAGE_SIZE, "none"
+        load, build = ((load_demo_model, DemoNet) if name == "demo"
+                       else (load_demo_vit, build_demo_vit))
         if weights is None:
-            model, described = load_demo_model(dtype=torch.float32), "shipped demo weights"
+            model, described = load(dtype=torch.float32), f"shipped {name} weights"
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
-                model = DemoNet(dtype=torch.float32)
+                model = build(dtype=torch.float32)
     elif ":" in name:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
