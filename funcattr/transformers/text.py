@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from funcattr.attribution.relevance import relevance
 from funcattr.attribution.targets import one_hot
 from funcattr.functional import functionalize
-from funcattr.transformers.composites import AttnLRP, CPLRP
+from funcattr.transformers.composites import CPLRP, AttnLRP
 from funcattr.transformers.language import (
     cosine_to,
     embedding_function,
