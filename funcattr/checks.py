@@ -127,8 +127,7 @@ def _unsafe(module: nn.Module, form: str) -> tuple[str, str] | None:
                 "explain the model with plain gradient attributors (composite=None)")
     if is_activation(module) and not isinstance(module, _SAFE_ACTIVATIONS[form]):
         fix = ("map it to funcattr.rules.Pass(), e.g. MixedComposite([LayerMapComposite("
-               f"[({type(module).__name__}, Pass())]), composite])"
-               if form == "relevance" else
+               "[(its type, Pass())]), composite])" if form == "relevance" else
                "map it to funcattr.transformers.IdentityRule()")
         return "no rule: the gradient of a non-linear activation is not a relevance rule", fix
     if form == "relevance" and isinstance(module, types.BatchNorm):
@@ -168,9 +167,10 @@ def find_problems(model: nn.Module, view: nn.Module, rules: Mapping[str, Rule], 
         if name in rules:
             continue
         unsafe = _unsafe(module, form)
-        if unsafe is None or (is_attention(module) and form == "gradient_x_input"
-                              and _covered(name, rules)):
-            continue
+        if unsafe is None or (is_attention(module) and (
+                (form == "gradient_x_input" and _covered(name, rules))
+                or any(is_attention(inner) for inner in module.modules() if inner is not module))):
+            continue  # ruled at its projections, or reported at the attention inside it
         problems.append(Problem(name or "<root>", type(module).__name__, *unsafe))
     if form == "relevance" and not canonized and any(
             isinstance(module, types.BatchNorm) for module in modules.values()):

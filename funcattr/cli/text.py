@@ -65,7 +65,7 @@ def text(sentence: str, other: str | None, dimension: int | None, composite: str
     colored = sys.stdout.isatty() if color is None else color
     click.echo(f"funcattr text: all-MiniLM-L6-v2, {composite}; {title}")
     for explanation in explanations:
-        click.echo(demo.terminal_text(explanation, color=colored))
+        click.echo(demo.terminal_text(explanation, color=colored), color=colored)
     subtitle = (f"all-MiniLM-L6-v2 sentence embeddings (mean of the last hidden states), "
                 f"explained with {composite} by funcattr: relevance = input embeddings x "
                 f"gradient, summed per token.")
