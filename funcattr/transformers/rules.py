@@ -121,10 +121,10 @@ class IdentityRule(ElementwiseRule):
 
     def backward(self, input: Tensor | None, grad_output: Tensor, *output: Tensor) -> Tensor:
         ratio = input + self.epsilon
-        if torch.is_grad_enabled() or is_transformed(ratio) or is_transformed(output[0]):
+        if torch.is_grad_enabled() or any(map(is_transformed, (ratio, output[0], grad_output))):
             return grad_output * (output[0] / ratio)
-        torch.div(output[0], ratio, out=ratio)  # nothing records: no new buffers
-        return grad_output * ratio
+        torch.div(output[0], ratio, out=ratio)  # nothing records: one buffer for all
+        return ratio.mul_(grad_output)
 
 
 def norm_kind(module: nn.Module) -> str | None:
