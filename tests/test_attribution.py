@@ -423,6 +423,7 @@ def test_disjoint_occlusion_windows_reconstruct_a_linear_model(seed, grid, windo
     assert_close(pixels, weight * x, rtol=1e-12)
 
 
+@pytest.mark.filterwarnings("ignore::funcattr.ModelCheckWarning")  # un-canonized on purpose
 @heavy_law_settings
 @given(seed=st.integers(0, 2**16), chunk_size=st.integers(1, 8),
        composite=st.sampled_from([None, fc.EpsilonPlusFlat()]))
