@@ -15,6 +15,9 @@ The public surface, by layer (``docs/architecture.md`` has the whole map):
   ``ATTRIBUTORS`` / ``get_attributor`` / ``register_attributor``, and (on first use)
   ``METRICS`` / ``get_metric`` / ``register_metric``;
 - ``functionalize(model, composite, canonizers) -> (fn, params)``;
+- ``relevance(fn, params, input, attr_output_fn)``: LRP relevance whatever the composite's
+  form; ``transformers``: AttnLRP and CP-LRP (``attn_lrp``, ``cp_lrp``) and helpers for
+  ``transformers`` models; ``ModelCheckWarning``: what ``functionalize`` reports;
 - attributors: ``gradient``, ``pullback``, ``multi_target``, ``smooth_grad``,
   ``integrated_gradients``, ``occlusion`` and Zennit's classes ``Attributor``, ``Gradient``,
   ``SmoothGrad``, ``IntegratedGradients``, ``Occlusion``; targets: ``one_hot``,
@@ -31,17 +34,18 @@ from typing import Any
 #: module itself).
 _ON_FIRST_USE = {
     **{module: (f"funcattr.{module}", None) for module in (
-        "allocator", "attribution", "canonizers", "cmap", "composites", "core", "datasets",
-        "image", "layer", "metrics", "rules", "types")},
+        "allocator", "attribution", "canonizers", "checks", "cmap", "composites", "core",
+        "datasets", "image", "layer", "metrics", "rules", "transformers", "types")},
     **{name: ("funcattr.attribution", name) for name in (
         "ATTRIBUTORS", "Attributor", "Gradient", "IntegratedGradients", "Occlusion",
         "SmoothGrad", "get_attributor", "gradient", "integrated_gradients", "multi_target",
-        "occlusion", "one_hot", "pullback", "register_attributor", "smooth_grad",
-        "top_k_targets")},
+        "occlusion", "one_hot", "pullback", "register_attributor", "relevance",
+        "select_output", "smooth_grad", "top_k_targets")},
     **{name: ("funcattr.canonizers", name) for name in (
         "CANONIZERS", "canonizers_for", "get_canonizer")},
     **{name: ("funcattr.composites", name) for name in (
         "COMPOSITES", "assign_rules", "get_composite", "register_composite")},
+    "ModelCheckWarning": ("funcattr.checks", "ModelCheckWarning"),
     "functionalize": ("funcattr.functional", "functionalize"),
     "warm_allocator": ("funcattr.allocator", "warm_allocator"),
     "imgify": ("funcattr.image", "imgify"),
@@ -59,6 +63,7 @@ __all__ = [
     "Attributor",
     "Gradient",
     "IntegratedGradients",
+    "ModelCheckWarning",
     "Occlusion",
     "SmoothGrad",
     "allocator",
@@ -66,6 +71,7 @@ __all__ = [
     "attribution",
     "canonizers",
     "canonizers_for",
+    "checks",
     "cmap",
     "composites",
     "core",
@@ -89,9 +95,11 @@ __all__ = [
     "register_attributor",
     "register_composite",
     "register_metric",
+    "relevance",
     "rules",
     "smooth_grad",
     "top_k_targets",
+    "transformers",
     "types",
     "warm_allocator",
 ]

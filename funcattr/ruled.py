@@ -256,14 +256,20 @@ class FunctionalModel:
         The rule of every ruled module, by name in the canonized view.
     plain : FunctionalModel
         The same canonized model without rules (the ordinary gradient).
+    form : str
+        How relevance is read off the rules' backward (:func:`funcattr.relevance`):
+        ``'relevance'`` (Zennit's composites) or ``'gradient_x_input'`` (AttnLRP, CP-LRP,
+        and no rules: relevance is input x gradient).
     """
 
     def __init__(self, view: nn.Module, rules: RuleMap, transform: ParamTransform,
-                 params: dict[str, Tensor] | None = None, keys: ParamKeys | None = None) -> None:
+                 params: dict[str, Tensor] | None = None, keys: ParamKeys | None = None, *,
+                 form: str = "gradient_x_input") -> None:
         self.view = view
         self.rules = rules
         self.transform = transform
         self.keys = keys
+        self.form = form
         self._local = threading.local()
         self._plain: FunctionalModel | None = None
         self._training = any(module.training for module in view.modules())
@@ -278,7 +284,7 @@ class FunctionalModel:
             return self
         if self._plain is None:
             self._plain = FunctionalModel(self.view, RuleMap({}, {}), self.transform,
-                                          self._resident, self.keys)
+                                          self._resident, self.keys)  # no rules: input x gradient
         return self._plain
 
     def module_tree(self) -> nn.Module:

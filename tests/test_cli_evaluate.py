@@ -100,6 +100,7 @@ def folder(tmp_path_factory) -> Path:
 # Output: printed table, CSV, Markdown, JSON, PNG
 # --------------------------------------------------------------------------------------------
 
+@pytest.mark.filterwarnings("ignore::funcattr.ModelCheckWarning")  # un-canonized on purpose
 def test_printed_table(fast_run):
     result, out = fast_run
     assert result.exit_code == 0, result.output
@@ -119,6 +120,7 @@ def test_printed_table(fast_run):
     assert lines[-1] == f"wrote table.csv, table.md, evaluation.json, pixel_flipping.png to {out}/"
 
 
+@pytest.mark.filterwarnings("ignore::funcattr.ModelCheckWarning")  # un-canonized on purpose
 def test_files(fast_run):
     result, out = fast_run
     assert result.exit_code == 0, result.output
@@ -151,6 +153,7 @@ def test_files(fast_run):
     ]
 
 
+@pytest.mark.filterwarnings("ignore::funcattr.ModelCheckWarning")  # un-canonized on purpose
 def test_matches_the_library(fast_run):
     """The command computes what fm.evaluate computes on the same images and targets."""
     _, out = fast_run
@@ -171,6 +174,7 @@ def test_matches_the_library(fast_run):
                                                               rel=1e-4, abs=1e-6), (name, column)
 
 
+@pytest.mark.filterwarnings("ignore::funcattr.ModelCheckWarning")  # un-canonized on purpose
 def test_deterministic_given_a_seed(fast_run, tmp_path):
     _, out = fast_run
     again = invoke(*FAST, "--plot", "-o", tmp_path / "again", "-q")

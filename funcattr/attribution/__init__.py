@@ -12,6 +12,8 @@ tuple or a dict, :func:`select_output` picks the output to explain.
 Modules: :mod:`~funcattr.attribution.options` (the option checks, shared with the metrics),
 :mod:`~funcattr.attribution.targets` (output gradients and targets),
 :mod:`~funcattr.attribution.pullback` (``pullback``, ``gradient``),
+:mod:`~funcattr.attribution.relevance` (``relevance``: LRP relevance in Zennit's form or the
+Gradient x Input form of AttnLRP, whichever the composite uses),
 :mod:`~funcattr.attribution.stacking` and :mod:`~funcattr.attribution.batched` (SmoothGrad,
 Integrated Gradients, several targets), :mod:`~funcattr.attribution.occlusion`,
 :mod:`~funcattr.attribution.layout`, :mod:`~funcattr.attribution.classes` (Zennit-style) and
@@ -44,6 +46,7 @@ from funcattr.attribution.registry import (
     get_attributor,
     register_attributor,
 )
+from funcattr.attribution.relevance import relevance
 from funcattr.attribution.targets import AttrOutput, constant, identity, one_hot, top_k_targets
 
 T = TypeVar("T")
@@ -73,6 +76,7 @@ __all__ = [
     "one_hot",
     "pullback",
     "register_attributor",
+    "relevance",
     "select_output",
     "smooth_grad",
     "top_k_targets",

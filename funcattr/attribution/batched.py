@@ -44,7 +44,8 @@ from funcattr.attribution.targets import (
     target_index,
 )
 
-__all__ = ["draw_noise", "integrated_gradients", "multi_target", "smooth_grad"]
+__all__ = ["draw_noise", "integrated_gradients", "multi_target", "smooth_grad",
+           "stacked_pullback"]
 
 
 def draw_noise(input: Tensor, count: int, generator: int | torch.Generator | None,
@@ -227,6 +228,30 @@ def integrated_gradients(fn: Callable, params: Params, input: Tensor,
     return output, result * difference
 
 
+def stacked_pullback(fn: Callable, params: Params, input: Tensor, chunk_size: int | None,
+                     owner: str) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    """One forward pass; ``pull(seeds)`` maps K output gradients stacked as
+    ``(K, *output.shape)`` to ``(K, *input.shape)`` attributions, ``chunk_size // batch`` of
+    them per batched backward step (all at once for ``None``)."""
+    input = usable_input(input, owner)
+    batch = input.shape[0]
+    if needs_transforms(input, params):
+        output, pull = vjp_pullback(fn, params, input, owner)
+
+        def pull_stacked(seeds: Tensor) -> Tensor:
+            step = copies_per_step(chunk_size, batch, seeds.shape[0])
+            return torch.func.vmap(pull, chunk_size=step)(seeds)
+    else:  # plain autograd; its backward under a vmap over the targets only
+        output, pull = autograd_pullback(fn, params, input, owner)
+
+        def pull_stacked(seeds: Tensor) -> Tensor:
+            steps = chunk_ranges(seeds.shape[0], copies_per_step(chunk_size, batch,
+                                                                  seeds.shape[0]))
+            return torch.cat([pull(seeds[start:stop], stacked=True, last=stop == steps[-1][1])
+                              for start, stop in steps])
+    return output, pull_stacked
+
+
 def multi_target(fn: Callable, params: Params, input: Tensor, targets: Any, *,
                  times_output: bool = False,
                  chunk_size: int | None = None) -> tuple[Tensor, Tensor]:
@@ -265,23 +290,7 @@ def multi_target(fn: Callable, params: Params, input: Tensor, targets: Any, *,
     check_params(params, owner)
     check_batched(input, owner)
     check_chunk_size(chunk_size, owner)
-    input = usable_input(input, owner)
-    batch = input.shape[0]
-    if needs_transforms(input, params):
-        output, pull = vjp_pullback(fn, params, input, owner)
-
-        def pull_stacked(seeds: Tensor) -> Tensor:
-            step = copies_per_step(chunk_size, batch, seeds.shape[0])
-            return torch.func.vmap(pull, chunk_size=step)(seeds)
-    else:  # plain autograd; its backward under a vmap over the targets only
-        output, pull = autograd_pullback(fn, params, input, owner)
-
-        def pull_stacked(seeds: Tensor) -> Tensor:
-            steps = chunk_ranges(seeds.shape[0], copies_per_step(chunk_size, batch,
-                                                                  seeds.shape[0]))
-            return torch.cat([pull(seeds[start:stop], stacked=True, last=stop == steps[-1][1])
-                              for start, stop in steps])
-
+    output, pull_stacked = stacked_pullback(fn, params, input, chunk_size, owner)
     index = target_index(targets, output, owner)
     seeds = torch.nn.functional.one_hot(index, output.shape[1]).to(output.dtype)
     if times_output:

@@ -38,7 +38,7 @@ from funcattr.cli.attributors import (
 )
 from funcattr.cli.canonizers import resolve_canonizers
 from funcattr.cli.group import COMMANDS, main
-from funcattr.cli.models import LoadedModel
+from funcattr.cli.models import DEMO_MODELS, LoadedModel
 from funcattr.cli.options import (
     attributor_option_names,
     attributor_options,
@@ -451,7 +451,8 @@ def run_evaluate(ctx: click.Context, **options: Any) -> dict:
         found = collect_samples(options["images"], recursive=options["recursive"],
                                 exclude=output_dir, allow_large=options["allow_large_images"])
     else:
-        found = demo_samples(with_labels=options["model"] == "demo", count=options["samples"])
+        found = demo_samples(with_labels=options["model"] in DEMO_MODELS,
+                             count=options["samples"])
     staging = Staging(output_dir, _JSON_FILE, _TOOL_TAG)
     staging.check([_TABLE_CSV, _TABLE_MD, _JSON_FILE,  # before any work
                    *(f"{m}.png" for m in curves if m in metrics and options["plot"])])

@@ -38,7 +38,7 @@ from funcattr.cli.heatmaps import (
     normalize_relevance,
     positive_fraction_in_mask,
 )
-from funcattr.cli.models import LoadedModel
+from funcattr.cli.models import DEMO_MODELS, LoadedModel
 from funcattr.cli.options import (
     AttributorChoice,
     FiniteFloatRange,
@@ -191,7 +191,7 @@ def run_explain(ctx: click.Context, **options: Any) -> dict:
         samples = collect_samples(options["images"], recursive=options["recursive"],
                                   exclude=output_dir, allow_large=options["allow_large_images"])
     else:
-        samples = demo_samples(with_labels=options["model"] == "demo")
+        samples = demo_samples(with_labels=options["model"] in DEMO_MODELS)
     staging = Staging(output_dir, _SUMMARY_FILE, _TOOL_TAG)
     staging.check(_planned(samples, count, options["relevance_format"]))  # before any work
     loaded = model_from_options(options)

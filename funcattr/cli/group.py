@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                 "Explain a classifier's predictions: heatmaps, relevance, an HTML report."),
     "list": ("funcattr.cli.listing",
              "Show the composites, attributors, canonizers, colour maps and models."),
+    "text": ("funcattr.cli.text",
+             "Explain why two sentences are similar (MiniLM, token relevance)."),
 }
 
 

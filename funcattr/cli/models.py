@@ -27,6 +27,8 @@ from funcattr.cli.output import first_line
 #: ImageNet statistics used by torchvision's pretrained classifiers.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: The built-in models of ``--model``: the CNN and the ViT trained on the demo shapes.
+DEMO_MODELS = ("demo", "demo-vit")
 #: ``--model FILE`` with one of these suffixes is a whole model saved with ``torch.save(model)``.
 MODEL_FILE_SUFFIXES = (".pt", ".pth", ".pkl", ".ckpt")
 #: Why a whole saved model needs ``--allow-pickle`` (the end of the messages that ask for it).
@@ -354,8 +356,8 @@ def load_model(
     class_names: Path | None = None,
     allow_pickle: bool = False,
 ) -> LoadedModel:
-    """Load the classifier named by ``--model``: ``demo``, a torchvision name, ``MODULE:FACTORY``
-    or a file holding a whole model.
+    """Load the classifier named by ``--model``: ``demo`` (``demo-vit``), a torchvision name,
+    ``MODULE:FACTORY`` or a file holding a whole model.
 
     Parameters
     ----------
@@ -390,17 +392,20 @@ def load_model(
     weight_path = None if weights in (None, "random") else Path(weights)
     described = "random" if weights == "random" else str(weights) if weights else "as built"
     torchvision_model = False
-    if name == "demo":
+    if name in DEMO_MODELS:  # the CNN and the ViT on the demo shapes
         from funcattr.demo import CLASSES, IMAGE_SIZE, DemoNet, load_demo_model
+        from funcattr.demo.vit import build_demo_vit, load_demo_vit
 
         names = tuple(CLASSES)
         default_size, default_norm = IMAGE_SIZE, "none"
+        load, build = ((load_demo_model, DemoNet) if name == "demo"
+                       else (load_demo_vit, build_demo_vit))
         if weights is None:
-            model, described = load_demo_model(dtype=torch.float32), "shipped demo weights"
+            model, described = load(dtype=torch.float32), f"shipped {name} weights"
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
-                model = DemoNet(dtype=torch.float32)
+                model = build(dtype=torch.float32)
     elif ":" in name:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
