@@ -225,6 +225,7 @@ def test_user_file_at_a_planned_path_is_never_overwritten(tmp_path):
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.filterwarnings("ignore::funcattr.ModelCheckWarning")  # un-canonized on purpose
 def test_failure_midway_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
     """Issue 14.10: a failure while the results were put in place left the folder half new."""
     out = tmp_path / "out"
@@ -575,6 +576,7 @@ def test_help_does_not_import_torch():
     assert result.stdout.splitlines()[-1] == "[]"
 
 
+@pytest.mark.filterwarnings("ignore::funcattr.ModelCheckWarning")  # un-canonized on purpose
 def test_evaluate_in_steps_equals_one_library_call(tmp_path):
     """funcattr evaluate runs one metric per step (for its progress lines), reusing each
     method's attributions; the table is that of one fm.evaluate call with every metric,

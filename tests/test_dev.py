@@ -45,7 +45,7 @@ def test_dev_demo_installs_only_the_package(tmp_path):
 def test_dev_test_installs_the_test_tools(tmp_path):
     calls = run_dev(tmp_path, "test", "-q")
     assert "python -m pip install -q -e ." in installs(calls)
-    assert "python -m pip install -q -e .[test]" in installs(calls)
+    assert "python -m pip install -q -e .[test,text]" in installs(calls)
     assert any("zennit==1.0.0" in call for call in installs(calls))
     assert "ruff check funcattr tests benchmarks" in calls
     assert "python -m pytest -q" in calls

@@ -110,10 +110,15 @@ def vit_b_16() -> nn.Module:
     """
     from torchvision.models import vit_b_16 as build
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(VIT_B_16_SEED)
-        model = build(weights=None)
-    randomize_constants(model, VIT_B_16_SEED + 1)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)  # as generated: built in float32, then made float64
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(VIT_B_16_SEED)
+            model = build(weights=None)
+        randomize_constants(model, VIT_B_16_SEED + 1)
+    finally:
+        torch.set_default_dtype(previous)
     return model.double().eval()
 
 
