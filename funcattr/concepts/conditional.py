@@ -36,6 +36,7 @@ from funcattr.attribution.options import (
     copies_per_step,
 )
 from funcattr.attribution.pullback import Params
+from funcattr.attribution.targets import AttrOutput, as_attr_output_fn, output_gradient
 from funcattr.concepts.conditions import (
     Condition,
     as_conditions,
@@ -48,7 +49,7 @@ from funcattr.concepts.split import INPUT, OUTPUT_PIECE, SplitPullback, split_pu
 from funcattr.ruled import FunctionalModel
 
 __all__ = ["ConditionalAttribution", "check_bool", "check_functional", "check_record",
-           "conditional_attribution"]
+           "conditional_attribution", "run_conditions"]
 
 
 class ConditionalAttribution(NamedTuple):
@@ -58,7 +59,7 @@ class ConditionalAttribution(NamedTuple):
     ----------
     output : Tensor
         ``fn(params, input)``.
-    attribution : Tensor
+    attribution : Tensor or None
         ``(K, *input.shape)``: the input relevance of each condition (CRP's heatmap before
         summing over the input channels).
     relevances : dict of str to Tensor
@@ -69,7 +70,7 @@ class ConditionalAttribution(NamedTuple):
     """
 
     output: Tensor
-    attribution: Tensor
+    attribution: Tensor | None
     relevances: dict[str, Tensor]
     activations: dict[str, Tensor]
 
@@ -129,14 +130,20 @@ def _groups(conditions: tuple[Condition, ...], split: SplitPullback,
 
 
 class _Flow:
-    """Which arriving gradients a group keeps: its chain's levels (see the module docstring)."""
+    """Which arriving gradients a group keeps: its chain's levels (see the module docstring),
+    and only those on the way to what is asked for (``wanted`` layers, the input)."""
 
-    def __init__(self, split: SplitPullback, chain: tuple[str, ...], exclude_parallel: bool):
+    def __init__(self, split: SplitPullback, chain: tuple[str, ...], exclude_parallel: bool,
+                 wanted: set[str], to_input: bool):
         self.split, self.chain, self.exclude = split, chain, exclude_parallel
         position = {name: i for i, name in enumerate(split.order)}  # 0: latest call
         self.level = {name: sum(position[c] < position[name] for c in chain)
                       for name in split.order}
         self.level[INPUT] = len(chain)
+        deepest = max((position[name] for name in {*wanted, *chain}), default=-1)
+        self.useful = {name for name in split.order if position[name] <= deepest}
+        if to_input:
+            self.useful.update([*split.order, INPUT])
 
     def emits(self, top: str) -> int:
         if top == OUTPUT_PIECE:
@@ -148,6 +155,7 @@ class _Flow:
         order = self.split.order
         start = 0 if top == OUTPUT_PIECE else order.index(top) + 1
         below = [*order[start:], INPUT]
+        below = [name for name in below if name in self.useful]
         if not self.exclude:
             return below
         level = self.emits(top)
@@ -215,6 +223,7 @@ def _pull_group(split: SplitPullback, flow: _Flow, conditions: Sequence[Conditio
 def conditional_attribution(fn: FunctionalModel, params: Params, input: Tensor,
                             conditions: Any, *, record: str | Sequence[str] = (),
                             times_output: bool = True, exclude_parallel: bool = True,
+                            attr_output_fn: AttrOutput = None,
                             chunk_size: int | None = None) -> ConditionalAttribution:
     """The relevance of each condition (a target and channel sets at layers): CRP for K
     conditions with one forward pass and one batched backward.
@@ -227,10 +236,9 @@ def conditional_attribution(fn: FunctionalModel, params: Params, input: Tensor,
     input : Tensor
         The input, batch first; each condition applies to every sample.
     conditions : dict, Condition or sequence of them
-        CRP's dictionaries, ``{"y": [3], "features.28": [7]}``: the output classes (``"y"``;
-        left out: the whole output) and, per layer, the channels whose relevance passes (a
-        sequence of indices, or a mask shaped like one sample of the layer's output). See
-        :class:`funcattr.concepts.Condition`.
+        CRP's dictionaries, ``{"y": [3], "features.28": [7]}``: the output classes (``"y"``)
+        and, per layer, the channels whose relevance passes (a sequence of indices, or a mask
+        shaped like one sample of the layer's output). See :class:`funcattr.concepts.Condition`.
     record : str or sequence of str
         Layers whose relevance (per condition) and activation to return.
     times_output : bool
@@ -239,6 +247,10 @@ def conditional_attribution(fn: FunctionalModel, params: Params, input: Tensor,
     exclude_parallel : bool
         Follow only relevance that passes through every layer of a condition (CRP's default);
         ``False``: mask the ordinary pullback (see the module docstring).
+    attr_output_fn : callable, tensor or None
+        The output gradient of conditions without ``"y"``, as in :func:`funcattr.gradient`:
+        ``None`` for the output itself (CRP's), a tensor, or ``output -> tensor``, e.g.
+        ``one_hot(labels, times_output=True)`` for one class per sample.
     chunk_size : int, optional
         Model inputs per backward step: ``chunk_size // batch`` conditions at once (at least
         one); ``None``: all at once. Any value gives the same result.
@@ -256,7 +268,18 @@ def conditional_attribution(fn: FunctionalModel, params: Params, input: Tensor,
     >>> result = conditional_attribution(fn, params, x, conditions)           # doctest: +SKIP
     >>> result.attribution.sum(2).shape  # CRP's heatmaps: (32, 1, 224, 224)  # doctest: +SKIP
     """
-    owner = "conditional_attribution"
+    return run_conditions(fn, params, input, conditions, record, times_output=times_output,
+                          exclude_parallel=exclude_parallel, attr_output_fn=attr_output_fn,
+                          chunk_size=chunk_size, to_input=True,
+                          owner="conditional_attribution")
+
+
+def run_conditions(fn: FunctionalModel, params: Params, input: Tensor, conditions: Any,
+                   record: Any, *, times_output: bool, exclude_parallel: bool,
+                   attr_output_fn: AttrOutput, chunk_size: int | None, to_input: bool,
+                   owner: str) -> ConditionalAttribution:
+    """:func:`conditional_attribution` as ``owner``; ``to_input=False`` stops the backward at
+    the lowest recorded or conditioned layer (``attribution`` is then ``None``)."""
     check_functional(fn, owner)
     conditions = as_conditions(conditions, owner)
     record = check_record(record, owner)
@@ -264,6 +287,7 @@ def conditional_attribution(fn: FunctionalModel, params: Params, input: Tensor,
     check_batched(input, owner)
     check_bool(times_output, "times_output", owner)
     check_bool(exclude_parallel, "exclude_parallel", owner)
+    attr_output_fn = as_attr_output_fn(attr_output_fn, owner)
     check_chunk_size(chunk_size, owner)
     layers = list(dict.fromkeys(name for c in conditions for name in c.channels))
     check_layer_names(fn, layers, "conditions", owner)
@@ -275,21 +299,25 @@ def conditional_attribution(fn: FunctionalModel, params: Params, input: Tensor,
     for condition in conditions:
         for name, selection in condition.channels.items():
             check_selection(selection, name, tuple(split.outputs[name].shape[1:]), owner)
-    output = split.output
-    for condition in conditions:  # the targets, checked before any backward
-        output_seed(condition.target, output.detach(), times_output, owner)
+    keep = split.differentiated  # results stay differentiable only when something asks
+    output = split.output if keep else split.output.detach()
+    starts: dict[tuple[int, ...] | None, Tensor] = {}
+    for condition in conditions:  # every output gradient, checked before any backward
+        if condition.target not in starts:
+            starts[condition.target] = (
+                output_gradient(output, attr_output_fn, owner) if condition.target is None
+                else output_seed(condition.target, output, times_output, owner))
 
     def seeds(chunk: Sequence[Condition]) -> Tensor:
-        distinct = list(dict.fromkeys(c.target for c in chunk))
-        rows = [output_seed(target, output, times_output, owner) for target in distinct]
-        return torch.stack([rows[distinct.index(c.target)] for c in chunk])
+        return torch.stack([starts[c.target] for c in chunk])
 
     batch = input.shape[0]
-    order, heat_parts = [], []
+    order: list[int] = []
+    heat_parts: list[Tensor] = []
     rel_parts: dict[str, list[Tensor]] = {name: [] for name in record}
     groups = _groups(conditions, split, exclude_parallel)
     for number, group in enumerate(groups):
-        flow = _Flow(split, group.chain, exclude_parallel)
+        flow = _Flow(split, group.chain, exclude_parallel, set(record), to_input)
         if exclude_parallel:
             flow.check_chain(owner)
         steps = chunk_ranges(len(group.indices),
@@ -300,18 +328,17 @@ def conditional_attribution(fn: FunctionalModel, params: Params, input: Tensor,
             last = number == len(groups) - 1 and stop == steps[-1][1]
             heat, recorded = _pull_group(split, flow, chunk, seeds, record, last)
             order.extend(members)
-            heat_parts.append(heat if heat is not None else
-                              input.new_zeros((len(chunk), *input.shape)))
+            if to_input:
+                heat_parts.append(heat if heat is not None else
+                                  input.new_zeros((len(chunk), *input.shape)))
             for name in record:
                 value = recorded.get(name)
                 rel_parts[name].append(value if value is not None else input.new_zeros(
                     (len(chunk), *split.outputs[name].shape)))
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))
-    attribution = torch.cat(heat_parts)[inverse]
+    attribution = torch.cat(heat_parts)[inverse] if to_input else None
     relevances = {name: torch.cat(parts)[inverse] for name, parts in rel_parts.items()}
-    keep = split.differentiated  # the outputs stay differentiable only when asked
     activations = {name: split.outputs[name] if keep else split.outputs[name].detach()
                    for name in record}
-    return ConditionalAttribution(output if keep else output.detach(), attribution, relevances,
-                                  activations)
+    return ConditionalAttribution(output, attribution, relevances, activations)

@@ -111,6 +111,14 @@ class SplitPullback:
         when unknown (under transforms): then every target may receive a gradient."""
         raise NotImplementedError
 
+    def transposed(self, top: str, cotangent: Tensor) -> Tensor:
+        """The transpose of the pullback of the piece below ``top`` straight to the input
+        (``u -> pull(top, u)[INPUT]``, linear in ``u``) applied to ``cotangent`` (shaped like
+        the input): ``<cotangent, pull(top, u)[INPUT]> = <transposed(top, cotangent), u>`` for
+        every ``u``. One double backward: what every output gradient of ``top`` contributes
+        to ``<cotangent, input relevance>``, at once."""
+        raise NotImplementedError
+
     def pull(self, top: str, grads: Tensor, targets: Sequence[str], last: bool
              ) -> dict[str, Tensor]:
         """Pull the stacked gradients ``grads`` (``(k, *top.shape)``) back through the piece
@@ -191,6 +199,18 @@ class _PlainSplit(SplitPullback):
         return dict(zip(reached, pulled))
 
 
+    def transposed(self, top: str, cotangent: Tensor) -> Tensor:
+        tensor = self.outputs[top]
+        if INPUT not in self.reach(top):
+            return torch.zeros_like(tensor)
+        with torch.enable_grad():
+            u = torch.zeros_like(tensor, requires_grad=True)
+            (pulled,) = torch.autograd.grad(tensor, self.input, u, create_graph=True,
+                                            retain_graph=True)
+            (result,) = torch.autograd.grad((pulled * cotangent).sum(), u, allow_unused=True)
+        return torch.zeros_like(tensor) if result is None else result
+
+
 def _reached_leaves(tensor: Tensor) -> set[int]:
     """The ids of the leaf tensors whose gradient a backward from ``tensor`` computes."""
     if tensor.grad_fn is None:
@@ -245,12 +265,15 @@ class _TransformedSplit(SplitPullback):
             self.order = sorted(names, key=lambda n: -taps[n].positions[0])
             return output, tops
 
-        (output, tops), self._vjp = torch.func.vjp(model, input, deltas)
+        (output, tops), self.vjp = torch.func.vjp(model, input, deltas)
         self.output, self.outputs = output, tops
         self.differentiated = is_differentiated([input, *params.values()])
 
     def reach(self, top: str) -> None:
         return None
+
+    def transposed(self, top: str, cotangent: Tensor) -> Tensor:
+        return _transformed_transposed(self, top, cotangent)
 
     def pull(self, top: str, grads: Tensor, targets: Sequence[str], last: bool
              ) -> dict[str, Tensor]:
@@ -261,13 +284,24 @@ class _TransformedSplit(SplitPullback):
             cot_output = grad if top == OUTPUT_PIECE else torch.zeros_like(self.output)
             cot_tops = {name: grad if name == top else torch.zeros_like(value)
                         for name, value in self.outputs.items()}
-            grad_input, grad_deltas = self._vjp((cot_output, cot_tops))
+            grad_input, grad_deltas = self.vjp((cot_output, cot_tops))
             return tuple(grad_input if t == INPUT else grad_deltas[t] for t in targets)
 
         if self.differentiated or is_differentiated([grads]):
             return dict(zip(targets, torch.func.vmap(one)(grads)))
         with torch.no_grad():  # nobody differentiates the result: record no graph
             return dict(zip(targets, torch.func.vmap(one)(grads)))
+
+
+def _transformed_transposed(split: _TransformedSplit, top: str, cotangent: Tensor) -> Tensor:
+    zeros = torch.zeros_like(split.outputs[top])
+
+    def pull(u: Tensor) -> Tensor:
+        cot_tops = {name: u if name == top else torch.zeros_like(value)
+                    for name, value in split.outputs.items()}
+        return split.vjp((torch.zeros_like(split.output), cot_tops))[0]
+
+    return torch.func.vjp(pull, zeros)[1](cotangent)[0]
 
 
 def split_pullback(fn: FunctionalModel, params: Params, input: Tensor,
