@@ -7,8 +7,9 @@
 The public surface, by layer (``docs/architecture.md`` has the whole map):
 
 - modules: ``types``, ``layer``, ``core`` (rule vocabulary), ``rules``, ``canonizers``,
-  ``composites``, ``attribution``; ``metrics``, ``image``, ``cmap`` and ``torchvision``
-  (canonizers for torchvision models) load on first use;
+  ``composites``, ``attribution``; ``concepts`` (CRP, attribution graphs), ``metrics``,
+  ``image``, ``cmap`` and ``torchvision`` (canonizers for torchvision models) load on first
+  use;
 - registries: ``COMPOSITES`` / ``get_composite`` / ``register_composite`` /
   ``assign_rules``, ``CANONIZERS`` / ``get_canonizer`` / ``canonizers_for``,
   ``ATTRIBUTORS`` / ``get_attributor`` / ``register_attributor``, and (on first use)
@@ -52,6 +53,7 @@ from funcattr.functional import functionalize
 #: Loaded on first access: name -> (module, attribute or None for the module itself).
 _ON_FIRST_USE = {
     "cmap": ("funcattr.cmap", None),
+    "concepts": ("funcattr.concepts", None),
     "datasets": ("funcattr.datasets", None),
     "image": ("funcattr.image", None),
     "imgify": ("funcattr.image", "imgify"),
@@ -79,6 +81,7 @@ __all__ = [
     "canonizers_for",
     "cmap",
     "composites",
+    "concepts",
     "core",
     "datasets",
     "functionalize",
@@ -109,8 +112,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """Load ``metrics``, ``datasets``, ``image``, ``cmap`` and the heatmap helpers on first
-    use."""
+    """Load ``concepts``, ``metrics``, ``datasets``, ``image``, ``cmap`` and the heatmap helpers
+    on first use."""
     if name not in _ON_FIRST_USE:
         raise AttributeError(f"module 'funcattr' has no attribute {name!r}")
     module, attribute = _ON_FIRST_USE[name]
