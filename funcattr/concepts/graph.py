@@ -252,7 +252,8 @@ def attribution_graph(fn: FunctionalModel, params: Params, input: Tensor, layer:
                 for lower in below:
                     share = channel_relevance(result.relevances[lower][k], dim=1,
                                               abs_norm=abs_norm)[0]
-                    values, chosen = share.topk(min(widths[level], share.shape[0]))
+                    values, chosen = share.sort(descending=True, stable=True)  # ties: lower
+                    values, chosen = values[:widths[level]], chosen[:widths[level]]
                     for value, index in zip(values.tolist(), chosen.tolist()):
                         child = ConceptNode(lower, int(index))
                         edges.append(ConceptEdge(node, child, float(value)))
