@@ -221,11 +221,11 @@ class FunctionalModel:
         for name in taps:
             if name not in modules:
                 close = difflib.get_close_matches(str(name), [n for n in modules if n], n=3)
-                hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+                hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
                 raise ValueError(
                     f"FunctionalModel.tapped(taps={{{name!r}: ...}}): expected names of modules "
                     f"of the model, got {name!r}. Use a name from "
-                    f"model.named_modules().{hint}"
+                    f"model.named_modules(){hint}."
                 )
         token = _TAPS.set((self, dict(taps)))
         try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import difflib
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,33 +72,14 @@ class Condition:
     channels: Mapping[str, Selection] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        owner = "Condition"
-        target = self.target
-        if target is not None:
-            target = _ints(target, "target", owner, "target=(3,)")
-        channels = self.channels
-        if not isinstance(channels, Mapping):
-            raise TypeError(
-                f"{owner}(channels={type(channels).__name__}): expected a mapping of layer "
-                f"names to channel indices, got {type(channels).__name__}. Pass e.g. "
-                f"channels={{'features.28': (7,)}}."
-            )
-        normal: dict[str, Selection] = {}
-        for name, selection in channels.items():
-            if not isinstance(name, str) or name == OUTPUT:
-                raise (TypeError if not isinstance(name, str) else ValueError)(
-                    f"{owner}(channels={{{name!r}: ...}}): expected a layer name (a str other "
-                    f"than {OUTPUT!r}, which names the output), got {name!r}. Put the output "
-                    f"classes in target=..."
-                )
-            normal[name] = _selection(selection, name, owner)
+        target, channels = _normalised(self.target, self.channels, "Condition", _as_fields)
         object.__setattr__(self, "target", target)
-        object.__setattr__(self, "channels", normal)
+        object.__setattr__(self, "channels", channels)
 
     @classmethod
     def of(cls, value: Any, owner: str = "Condition.of") -> Condition:
         """A condition from a CRP dictionary ``{"y": classes, layer: channels, ...}`` (or a
-        condition, returned as it is)."""
+        condition, returned as it is); mistakes are reported as ``owner(conditions=...)``."""
         if isinstance(value, Condition):
             return value
         if not isinstance(value, Mapping):
@@ -109,8 +90,7 @@ class Condition:
             )
         items = dict(value)
         target = items.pop(OUTPUT, None)
-        return cls(target=None if target is None else _ints(target, OUTPUT, owner, "'y': [3]"),
-                   channels=items)
+        return cls(*_normalised(target, items, owner, _as_dict))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Condition):
@@ -136,7 +116,52 @@ def _same_selection(a: Selection, b: Selection) -> bool:
     return a == b
 
 
-def _ints(value: Any, name: str, owner: str, example: str) -> tuple[int, ...]:
+def _as_fields(key: str | None, text: str) -> str:
+    """How a Condition's own arguments appear in a message: ``channels={'5': (1,)}``."""
+    return f"target={text}" if key is None else f"channels={{{key!r}: {text}}}"
+
+
+def _as_dict(key: str | None, text: str) -> str:
+    """How a CRP dict's entries appear in a message: ``conditions=[{'5': (1,)}]``."""
+    name = OUTPUT if key is None else key
+    return f"conditions=[{{{name!r}: {text}}}]"
+
+
+def _normalised(target: Any, channels: Any, owner: str, show: Callable[[str | None, str], str]
+                ) -> tuple[tuple[int, ...] | None, dict[str, Selection]]:
+    """``(target, channels)`` checked and normalised: tuples of ints, float or bool masks."""
+    if target is not None:
+        target = _ints(target, owner, lambda text: show(None, text), "[3]")
+    if not isinstance(channels, Mapping):
+        raise TypeError(
+            f"{owner}(channels={type(channels).__name__}): expected a mapping of layer "
+            f"names to channel indices, got {type(channels).__name__}. Pass e.g. "
+            f"channels={{'features.28': (7,)}}."
+        )
+    normal: dict[str, Selection] = {}
+    for name, selection in channels.items():
+        if not isinstance(name, str):
+            raise TypeError(
+                f"{owner}({show(repr(name), '...')}): expected layer names (str), got "
+                f"{type(name).__name__}. Pass names from model.named_modules()."
+            )
+        if name == OUTPUT:
+            raise ValueError(
+                f"{owner}({show(name, '...')}): expected a layer name, got {name!r}, which "
+                f"names the output. Put the output classes in target=..."
+            )
+        if isinstance(selection, Tensor) and (selection.is_floating_point()
+                                              or selection.dtype == torch.bool):
+            normal[name] = selection
+        else:
+            normal[name] = _ints(selection, owner, lambda text, n=name: show(n, text), "[7]")
+    return target, normal
+
+
+def _ints(value: Any, owner: str, argument: Callable[[str], str], example: str
+          ) -> tuple[int, ...]:
+    """``value`` (an int, ints, an integer tensor) as a tuple of ints >= 0; ``argument``
+    shows the value as the caller's argument in messages."""
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         value = (value,)
     elif isinstance(value, Tensor) and value.ndim <= 1 and not (
@@ -144,23 +169,17 @@ def _ints(value: Any, name: str, owner: str, example: str) -> tuple[int, ...]:
         value = tuple(int(v) for v in value.reshape(-1).tolist())
     if not sequence_of_ints(value):
         raise TypeError(
-            f"{owner}({name}={_show_selection(value)}): expected an int or a sequence of ints, "
-            f"got {type(value).__name__}. Pass e.g. {example}."
+            f"{owner}({argument(_show_selection(value))}): expected an int or a sequence of "
+            f"ints, got {type(value).__name__}. Pass e.g. {example}."
         )
     result = tuple(int(v) for v in value)
     negative = [v for v in result if v < 0]
     if negative:
         raise ValueError(
-            f"{owner}({name}={result!r}): expected indices >= 0, got {negative}. Pass indices "
-            f"counted from 0, e.g. {example}."
+            f"{owner}({argument(repr(result))}): expected indices >= 0, got {negative}. Pass "
+            f"indices counted from 0, e.g. {example}."
         )
     return result
-
-
-def _selection(value: Any, name: str, owner: str) -> Selection:
-    if isinstance(value, Tensor) and (value.is_floating_point() or value.dtype == torch.bool):
-        return value
-    return _ints(value, name, owner, f"{name!r}: [7]")
 
 
 def as_conditions(conditions: Any, owner: str) -> tuple[Condition, ...]:
@@ -207,11 +226,11 @@ def check_layer_names(fn: Any, names: Sequence[str], argument: str, owner: str) 
             )
         if name not in modules or not name:
             close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else (
-                " Use a name from model.named_modules().")
+            hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
             raise ValueError(
                 f"{owner}({argument}={name!r}): expected the name of a layer of the model, got "
-                f"{name!r}, which names no module.{hint}"
+                f"{name!r}, which names no module. Use a name from "
+                f"model.named_modules(){hint}."
             )
 
 
