@@ -6,7 +6,8 @@ self-contained HTML page, as :func:`funcattr.report.render_report` does for heat
 embedded as ``data:`` URIs, styles are inline, there is no script. :func:`graph_svg` draws an
 :class:`funcattr.concepts.AttributionGraph` as an inline SVG: one row per level (the root on
 top, the input at the bottom), each concept as its conditional heatmap, each edge as a line
-whose width follows the relevance it carries (red: positive, blue: negative).
+whose width follows the relevance it carries, relative to the other edges into the same layer
+(red: positive, blue: negative; dashed: into the input).
 """
 
 from __future__ import annotations
@@ -148,7 +149,10 @@ def graph_svg(graph: AttributionGraph, pngs: Mapping[ConceptNode, bytes] | None 
     pngs = pngs or {}
     esc = html.escape
     centres, width, height = _layout(graph)
-    strongest = max((abs(edge.relevance) for edge in graph.edges), default=0.0) or 1.0
+    strongest: dict[str, float] = {}  # per lower layer: relevance shares of one layer compare
+    for edge in graph.edges:
+        layer = edge.target.layer
+        strongest[layer] = max(strongest.get(layer, 0.0), abs(edge.relevance))
     half = NODE_SIZE / 2
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'viewBox="0 0 {width} {height}" role="img" '
@@ -156,11 +160,12 @@ def graph_svg(graph: AttributionGraph, pngs: Mapping[ConceptNode, bytes] | None 
     for edge in graph.edges:
         (x1, y1), (x2, y2) = centres[edge.source], centres[edge.target]
         stroke = _POSITIVE if edge.relevance >= 0 else _NEGATIVE
-        thickness = 0.75 + 6.0 * abs(edge.relevance) / strongest
+        thickness = 0.75 + 6.0 * abs(edge.relevance) / (strongest[edge.target.layer] or 1.0)
+        dashes = ' stroke-dasharray="6 4"' if edge.target == INPUT_NODE else ""
         parts.append(
             f'<line x1="{x1:.1f}" y1="{y1 + half + _LABEL - 4:.1f}" x2="{x2:.1f}" '
             f'y2="{y2 - half:.1f}" stroke="{stroke}" stroke-width="{thickness:.2f}" '
-            f'stroke-opacity="0.75"><title>{esc(str(edge.source))} \u2192 '
+            f'stroke-opacity="0.75"{dashes}><title>{esc(str(edge.source))} \u2192 '
             f'{esc(str(edge.target))}: {edge.relevance:+.4g}</title></line>')
     for node in graph.nodes:
         x, y = centres[node]
@@ -232,9 +237,10 @@ def render_concept_report(entries: Sequence[ConceptReportEntry], settings: Mappi
             parts.append(f"<h3>attribution graph of {esc(str(graph.root))} "
                          f"(relevance {graph.root_relevance:+.3f})</h3>")
             parts.append(f'<div class="graph">{graph_svg(graph, entry.graph_pngs)}</div>')
-            parts.append('<p class="note">Each concept below passes on the relevance of the '
-                         'one above it; line width: relevance (red positive, blue negative), '
-                         'pictures: conditional heatmaps.</p>')
+            parts.append('<p class="note">Each concept passes on the relevance of the one '
+                         'above it; line width: its share of the relevance at the lower layer '
+                         '(red positive, blue negative; dashed: into the input); pictures: '
+                         'conditional heatmaps; hover for the values.</p>')
         if entry.details:
             parts.append(f'<p class="note">{esc(entry.details)}</p>')
         parts.append("</section>")

@@ -30,8 +30,8 @@ from funcattr import composites as fc
 from funcattr.attribution import gradient, one_hot
 from funcattr.concepts import (
     INPUT_NODE,
-    Condition,
     ConceptNode,
+    Condition,
     TopSamples,
     attribution_graph,
     channel_relevance,

@@ -14,7 +14,12 @@ chunk size), :mod:`~funcattr.cli.canonizers`, :mod:`~funcattr.cli.models`,
 """
 
 from funcattr.attribution.registry import ATTRIBUTORS
-from funcattr.cli import evaluate, explain, listing  # noqa: F401  (each adds its command)
+from funcattr.cli import (  # noqa: F401  (each adds its command)
+    concepts,
+    evaluate,
+    explain,
+    listing,
+)
 from funcattr.cli.attributors import (
     CHUNK_PIXELS,
     DEFAULT_LRP_COMPOSITE,
