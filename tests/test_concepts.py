@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_close, assert_unchanged, small_cnn, snapshot
+from helpers import assert_close, assert_unchanged, single_thread, small_cnn, snapshot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_canonizers import randomise
 from test_vocabulary import _message
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
@@ -48,6 +49,8 @@ from funcattr.concepts import (
 from funcattr.core import reference_path
 from funcattr.torchvision import ResNetCanonizer
 
+pytestmark = pytest.mark.usefixtures(single_thread.__name__)
+
 ROOT = Path(__file__).resolve().parents[1]
 RTOL = 1e-10
 LAW_SETTINGS = settings(max_examples=12, deadline=None,
@@ -58,14 +61,6 @@ PRESETS = {
     "epsilon_alpha2_beta1": fc.EpsilonAlpha2Beta1,
     "none": None,
 }
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def cnn() -> nn.Module:
@@ -84,14 +79,7 @@ CNN_LAYERS = ["0", "2", "5", "8"]
 
 def resnet(block: type = BasicBlock) -> nn.Module:
     torch.manual_seed(0)
-    model = ResNet(block, [1, 1, 1, 1], num_classes=5)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.normal_(0.0, 0.5, generator=generator)
-                module.running_var.uniform_(0.5, 2.0, generator=generator)
-    return model.eval()
+    return randomise(ResNet(block, [1, 1, 1, 1], num_classes=5))
 
 
 def functional(model: nn.Module, preset: str = "epsilon_plus_flat", canonizers=None):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import single_thread
 
 import funcattr
 from funcattr.cli import DEFAULT_LRP_COMPOSITE, build_composite, main, resolve_canonizers
@@ -30,16 +31,10 @@ from funcattr.concepts import (
     local_concept_relevance,
 )
 
+pytestmark = pytest.mark.usefixtures(single_thread.__name__)
+
 SAMPLES = Path(funcattr.__file__).parent / "demo" / "samples"
 IMAGES = [SAMPLES / "ring_0003.png", SAMPLES / "star_0001.png"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def demo_functional():

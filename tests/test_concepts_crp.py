@@ -29,6 +29,7 @@ from crp.attribution import CondAttribution
 from crp.concepts import ChannelConcept
 from crp.graph import trace_model_graph
 from helpers import assert_close
+from test_canonizers import _one_thread, randomise  # noqa: F401  (_one_thread: autouse)
 from torch import Tensor, nn
 from torchvision.models import resnet50, vgg16
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
@@ -55,29 +56,6 @@ COMPOSITES = {
 }
 CANONIZERS = {"vgg": (ztv.VGGCanonizer, VGGCanonizer), "resnet": (ztv.ResNetCanonizer,
                                                                  ResNetCanonizer)}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def randomise(model: nn.Module, seed: int) -> nn.Module:
-    """Random batch-norm statistics and affine parameters and random biases; eval mode."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.normal_(0.0, 0.5, generator=generator)
-                module.running_var.uniform_(0.5, 2.0, generator=generator)
-                module.weight.normal_(1.0, 0.3, generator=generator)
-                module.bias.normal_(0.0, 0.3, generator=generator)
-            elif isinstance(module, nn.Conv2d | nn.Linear) and module.bias is not None:
-                module.bias.normal_(0.0, 0.1, generator=generator)
-    return model.eval()
 
 
 def small_vgg(seed: int = 0) -> nn.Module:
