@@ -154,8 +154,8 @@ def main() -> None:
                                        a_batch=attribution.numpy(), softmax=False,
                                        device="cpu"),
             lambda m=model, p=None: region_perturbation(
-                m, images, labels, attribution, params=p, patch_size=8, orders=("morf",),
-                chunk_size=chunk),
+                m, images, labels, attribution, params=p, patch_size=8, regions_per_step=1,
+                orders=("morf",), chunk_size=chunk),
             True,
         ),
         "max-sensitivity (10 draws, same LRP)": (

@@ -13,6 +13,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from funcattr.canonizers import Canonizer, CompositeCanonizer, identity_transform
+from funcattr.checks import check_argument, find_problems, report_problems
 from funcattr.composites import (
     COMPOSITES,
     Composite,
@@ -21,7 +22,7 @@ from funcattr.composites import (
     required_arguments,
     suggest_composites,
 )
-from funcattr.ruled import FunctionalModel, LiveModel, model_params
+from funcattr.ruled import FunctionalModel, LiveModel, ParamKeys, model_params
 
 __all__ = ["FunctionalModel", "RuledModule", "functionalize", "model_params"]
 
@@ -75,6 +76,8 @@ def functionalize(
     model: nn.Module,
     composite: Composite | str | None = None,
     canonizers: Canonizer | Sequence[Canonizer] | None = None,
+    *,
+    check: str = "warn",
 ) -> tuple[FunctionalModel, dict[str, Tensor]]:
     """Turn ``model`` with ``composite``'s rules into a pure function and its params.
 
@@ -86,6 +89,12 @@ def functionalize(
         The rules to apply (a registry name is instantiated with its defaults).
     canonizers : Canonizer or sequence of Canonizer, optional
         Applied after the composite's own canonizers.
+    check : {'warn', 'raise', 'ignore'}
+        The model check (:mod:`funcattr.checks`): modules the composite leaves unruled
+        although their gradient is not a relevance rule (LayerNorm, attention, GELU, LSTM,
+        ...), rules that never run (``MultiheadAttention.out_proj``), an un-canonized
+        BatchNorm/residual model with a known canonizer. All problems are reported in one
+        :class:`funcattr.ModelCheckWarning` (``'warn'``) or ``ValueError`` (``'raise'``).
 
     Returns
     -------
@@ -104,6 +113,7 @@ def functionalize(
         raise TypeError(
             f"functionalize(model={type(model).__name__}): expected a torch.nn.Module."
         )
+    check = check_argument(check, "functionalize")
     composite = _resolve_composite(composite, "functionalize")
     chain = (composite.canonizers if composite is not None else ()) + _canonizer_list(
         canonizers, "functionalize"
@@ -112,8 +122,13 @@ def functionalize(
     if chain:
         view, transform = CompositeCanonizer(chain).apply(model)
     rules = assign_rules(view, composite)
+    form = composite.form if composite is not None else "gradient_x_input"
+    if composite is not None and check != "ignore":
+        report_problems(find_problems(model, view, rules, form, bool(chain)),
+                        f"functionalize(model={type(model).__name__}, composite="
+                        f"{type(composite).__name__})", check)
     params = model_params(model)
-    return FunctionalModel(view, rules, transform, params), params
+    return FunctionalModel(view, rules, transform, params, ParamKeys.of(model), form=form), params
 
 
 class RuledModule(LiveModel):

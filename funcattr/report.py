@@ -35,6 +35,7 @@ table.settings th, table.settings td { text-align: left; padding: 0.15em 0.8em 0
        vertical-align: top; }
 table.settings th { font-weight: 600; color: #555; }
 p.overview { margin: 0.3em 0; }
+ul.notes { margin: 0.3em 0; font-size: 0.9em; color: #7a4a00; overflow-wrap: anywhere; }
 div.colorbar { display: flex; align-items: center; gap: 0.5em; font-size: 0.85em;
        margin: 0.5em 0 1em 0; }
 div.colorbar img { border: 1px solid #ccc; }
@@ -142,6 +143,7 @@ def render_report(
     title: str = "funcattr report",
     colorbar_png: bytes | None = None,
     colorbar_labels: tuple[str, str, str] = ("negative", "0", "positive"),
+    notes: Sequence[str] = (),
 ) -> str:
     """Render the report as one self-contained HTML page.
 
@@ -155,6 +157,9 @@ def render_report(
         Page title and heading.
     colorbar_png : bytes or None
         A PNG of the colour map, shown with ``colorbar_labels`` (left, middle, right).
+    notes : sequence of str
+        Shown as a list under the overview, e.g. files that were skipped and how images were
+        converted.
 
     Returns
     -------
@@ -192,6 +197,10 @@ def render_report(
             f"{sum(areas) / max(1, len(areas)):.3f})."
         )
     parts.append(f'<p class="overview">{esc(overview)}</p>')
+    if notes:
+        parts.append('<ul class="notes">')
+        parts += [f"<li>{esc(note)}</li>" for note in notes]
+        parts.append("</ul>")
     if colorbar_png is not None:
         left, middle, right = (esc(label) for label in colorbar_labels)
         bar = _img(colorbar_png, "colorbar", "colour map")

@@ -19,6 +19,7 @@ import threading
 import types as pytypes
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -28,7 +29,7 @@ from funcattr.canonizers.base import ParamTransform, identity_transform
 from funcattr.core import ElementwiseRule, ModuleCall, Rule
 from funcattr.module_tree import clone_tree, shallow_copy
 
-__all__ = ["FunctionalModel", "LayerCall", "LiveModel", "RuleMap", "model_params"]
+__all__ = ["FunctionalModel", "LayerCall", "LiveModel", "ParamKeys", "RuleMap", "model_params"]
 
 
 class RuleMap(dict):
@@ -52,6 +53,114 @@ def model_params(model: nn.Module) -> dict[str, Tensor]:
     params = {name: value.detach() for name, value in model.named_parameters()}
     params.update({name: value.detach() for name, value in model.named_buffers()})
     return params
+
+
+_PARAMS_FIX = ("Pass the dict from functionalize, with changed entries as new tensors, e.g. "
+               "dict(params, **{name: tensor})")
+
+
+def _listed(items: list[str], limit: int = 8) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+@dataclass(frozen=True, eq=False)
+class ParamKeys:
+    """The keys a model's params dict has: ``model.named_parameters()`` then
+    ``named_buffers()``, each tensor once; a tensor the model holds under several names (tied
+    weights, ``b.weight = a.weight``) is keyed by its first name, and its other names are
+    ``aliases`` of that key (accepted in its place, as ``torch.func.functional_call`` does).
+    """
+
+    parameters: tuple[str, ...]
+    buffers: tuple[str, ...]
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    names: frozenset[str] = field(init=False, repr=False)  # every key of the params dict
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", frozenset((*self.parameters, *self.buffers)))
+
+    @classmethod
+    def of(cls, model: nn.Module) -> ParamKeys:
+        """The keys of ``model``'s params dict (:func:`model_params`)."""
+        parameters = tuple(name for name, _ in model.named_parameters())
+        buffers = tuple(name for name, _ in model.named_buffers())
+        first: dict[int, str] = {}
+        aliases: dict[str, str] = {}
+        for name, value in [*model.named_parameters(remove_duplicate=False),
+                            *model.named_buffers(remove_duplicate=False)]:
+            key = first.setdefault(id(value), name)
+            if key != name:
+                aliases[name] = key
+        return cls(parameters, buffers, aliases)
+
+    def check(self, params: Mapping[str, Tensor], owner: str = "fn") -> Mapping[str, Tensor]:
+        """``params`` checked against these keys, aliases renamed to their keys.
+
+        Raises
+        ------
+        TypeError
+            If a value is not a tensor.
+        ValueError
+            Listing the unknown keys (with the closest known names) and the missing ones.
+        """
+        if params.keys() != self.names:
+            params = self._renamed(params, owner)
+        for name, value in params.items():
+            if not isinstance(value, Tensor):
+                raise TypeError(
+                    f"{owner}(params={{{name!r}: {type(value).__name__}}}): expected a tensor for "
+                    f"every key, got {type(value).__name__}. {_PARAMS_FIX}."
+                )
+        return params
+
+    def _renamed(self, params: Mapping[str, Tensor], owner: str) -> dict[str, Tensor]:
+        renamed: dict[str, Tensor] = {}
+        unknown = []
+        for name, value in params.items():
+            key = self.aliases.get(name, name)
+            if key not in self.names:
+                unknown.append(name)
+            elif key in renamed and renamed[key] is not value:
+                raise ValueError(
+                    f"{owner}(params=...): expected one tensor for the tied weight {key!r}, got "
+                    f"different tensors under its names {key!r} and {name!r}. Give it under "
+                    f"one name ({key!r}): it reaches every module that shares it."
+                )
+            else:
+                renamed[key] = value
+        missing = [name for name in (*self.parameters, *self.buffers) if name not in renamed]
+        if unknown or missing:
+            problems = []
+            if unknown:
+                hints = []
+                for name in unknown:
+                    close = difflib.get_close_matches(name, sorted(self.names), n=1)
+                    hints.append(f"{name!r} (did you mean {close[0]!r}?)" if close
+                                 else repr(name))
+                problems.append(f"unknown key(s) {_listed(hints)}")
+            if missing:
+                problems.append(f"no value for {_listed([repr(name) for name in missing])}")
+            raise ValueError(
+                f"{owner}(params=...): expected the keys of model.named_parameters() and "
+                f"named_buffers() ({len(self.names)} keys), got {' and '.join(problems)}. "
+                f"{_PARAMS_FIX}."
+            )
+        return renamed
+
+    def split(self, params: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """``(parameters, buffers)``: ``params`` cut into the model's parameters (what
+        ``torch.func.grad`` differentiates) and its buffers (batch-norm statistics, integer
+        counters); ``{**parameters, **buffers}`` is ``params`` again."""
+        if not isinstance(params, Mapping):
+            raise TypeError(
+                f"split_params(params={type(params).__name__}): expected the dict of tensors "
+                f"returned by functionalize, got {type(params).__name__}. Pass fn, params = "
+                f"funcattr.functionalize(model, composite) and split params."
+            )
+        params = self.check(params, "split_params")
+        return ({name: params[name] for name in self.parameters},
+                {name: params[name] for name in self.buffers})
 
 
 def _original_forward(module: nn.Module) -> Callable[..., Any]:
@@ -107,13 +216,24 @@ class _RuledForward:
 
 
 def _install(tree: nn.Module, tensors: Mapping[str, Tensor]) -> None:
-    """Put ``tensors`` (keyed by full name) into the private tree's registries."""
+    """Put ``tensors`` (keyed by full name) into the private tree's registries.
+
+    A tensor the tree holds under several names (tied weights) is replaced under all of them,
+    so the tree keeps it tied: ``torch.func.functional_call`` then gives a substituted tensor
+    to every module that shares it.
+    """
+    slots: dict[int, list[tuple[dict, str, str]]] = {}
     for prefix, module in tree.named_modules(remove_duplicate=False):
         for registry in (module._parameters, module._buffers):
-            for name in registry:
-                full = f"{prefix}.{name}" if prefix else name
-                if full in tensors and registry[name] is not None:
-                    registry[name] = tensors[full]
+            for name, value in registry.items():
+                if value is not None:
+                    full = f"{prefix}.{name}" if prefix else name
+                    slots.setdefault(id(value), []).append((registry, name, full))
+    for shared in slots.values():
+        new = next((tensors[full] for _, _, full in shared if full in tensors), None)
+        if new is not None:
+            for registry, name, _ in shared:
+                registry[name] = new
 
 
 def _build_tree(view: nn.Module, rules: RuleMap) -> nn.Module:
@@ -137,13 +257,20 @@ class FunctionalModel:
         The rule of every ruled module, by name in the canonized view.
     plain : FunctionalModel
         The same canonized model without rules (the ordinary gradient).
+    form : str
+        How relevance is read off the rules' backward (:func:`funcattr.relevance`):
+        ``'relevance'`` (Zennit's composites) or ``'gradient_x_input'`` (AttnLRP, CP-LRP,
+        and no rules: relevance is input x gradient).
     """
 
     def __init__(self, view: nn.Module, rules: RuleMap, transform: ParamTransform,
-                 params: dict[str, Tensor] | None = None) -> None:
+                 params: dict[str, Tensor] | None = None, keys: ParamKeys | None = None, *,
+                 form: str = "gradient_x_input") -> None:
         self.view = view
         self.rules = rules
         self.transform = transform
+        self.keys = keys
+        self.form = form
         self._local = threading.local()
         self._plain: FunctionalModel | None = None
         self._training = any(module.training for module in view.modules())
@@ -158,7 +285,7 @@ class FunctionalModel:
             return self
         if self._plain is None:
             self._plain = FunctionalModel(self.view, RuleMap({}, {}), self.transform,
-                                          self._resident)
+                                          self._resident, self.keys)  # no rules: input x gradient
         return self._plain
 
     def module_tree(self) -> nn.Module:
@@ -194,6 +321,8 @@ class FunctionalModel:
             )
         if self._is_resident(params):
             return self._tree()(input, *args, **kwargs)
+        if self.keys is not None:
+            params = self.keys.check(params)
         view_params = self.transform(params)
         if self._training:  # batch-norm statistics update in place: never the caller's tensors
             view_params = {
@@ -202,6 +331,23 @@ class FunctionalModel:
                 for k, v in view_params.items()
             }
         return torch.func.functional_call(self._tree(), view_params, (input, *args), kwargs)
+
+    def split_params(self, params: Mapping[str, Tensor]
+                     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """``(parameters, buffers)``: ``params`` cut into the model's parameters and its
+        buffers, e.g. to differentiate with respect to the parameters only (``torch.func.grad``
+        refuses the integer ``num_batches_tracked`` of a batch norm)::
+
+            weights, buffers = fn.split_params(params)
+            grads = torch.func.grad(lambda w: loss(fn, {**w, **buffers}, x))(weights)
+        """
+        if self.keys is None:
+            raise TypeError(
+                "split_params(params=...): expected the fn of functionalize, which knows the "
+                "model's parameter names, got one built without them. Use "
+                "funcattr.functionalize(model, composite)."
+            )
+        return self.keys.split(params)
 
     def __repr__(self) -> str:
         return f"FunctionalModel(rules=\n{self.rules!r})"

@@ -16,6 +16,8 @@ zero_params : str or sequence of str, optional
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -31,8 +33,10 @@ from funcattr.core import (
     Rule,
     Stabilizer,
     Term,
+    check_number,
     expand,
 )
+from funcattr.core.call import describe_value
 
 __all__ = [
     "AlphaBeta",
@@ -52,13 +56,17 @@ __all__ = [
 ZeroParams = str | Sequence[str] | None
 _POS, _NEG = "positive", "negative"
 _NO_BIAS = ("bias",)
+_TOLERANCE = 1e-9  # of alpha - beta = 1
 
 
 @dataclass(frozen=True)
 class Epsilon(LinearRule):
     """LRP-epsilon: ``R_i = x_i sum_j w_ji R_j / (z_j + eps sign0(z_j))`` [bach2015].
 
-    ``epsilon=0`` is LRP-0. See the module docstring for ``zero_params``.
+    ``epsilon=0`` is LRP-0; where ``z_j`` is exactly 0 (no contributions) the quotient is 0
+    (0 / 0 = 0, Zennit gives NaN), so LRP-0 equals input times gradient everywhere.
+    ``epsilon`` must be ``>= 0`` (or a callable stabiliser). See the module docstring for
+    ``zero_params``.
 
     Examples
     --------
@@ -77,7 +85,7 @@ class Epsilon(LinearRule):
         return Stabilizer.ensure(self.epsilon, owner="Epsilon", name="epsilon")
 
     def __post_init__(self):
-        self.stabilizer_fn()
+        self.check_settings()
 
     def groups(self):
         return (Group((Term(),)),)
@@ -99,7 +107,7 @@ class ZPlus(LinearRule):
     zero_params: ZeroParams = None
 
     def __post_init__(self):
-        self.stabilizer_fn()
+        self.check_settings()
 
     def groups(self):
         return (Group((Term(_POS, _POS), Term(_NEG, _NEG, zero=_NO_BIAS))),)
@@ -121,17 +129,26 @@ class AlphaBeta(LinearRule):
     zero_params: ZeroParams = None
 
     def __post_init__(self):
-        if self.alpha < 0 or self.beta < 0:
+        for name in ("alpha", "beta"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"AlphaBeta({name}={value!r}): expected a number >= 0, got "
+                                f"{type(value).__name__}. Use e.g. AlphaBeta(alpha=2.0, "
+                                f"beta=1.0).")
+        if not (math.isfinite(self.alpha) and math.isfinite(self.beta)) or (
+                self.alpha < 0 or self.beta < 0):
             raise ValueError(
                 f"AlphaBeta(alpha={self.alpha}, beta={self.beta}): alpha and beta must both be "
-                f"non-negative. Use e.g. AlphaBeta(alpha=2.0, beta=1.0)."
+                f"non-negative; expected finite numbers >= 0, got {self.alpha} and {self.beta}. "
+                f"Use e.g. AlphaBeta(alpha=2.0, beta=1.0)."
             )
-        if self.alpha - self.beta != 1.0:
+        # a tolerance: AlphaBeta(2.2, 1.2) gives 1.0000000000000002 in floating point
+        if not math.isclose(self.alpha - self.beta, 1.0, rel_tol=0.0, abs_tol=_TOLERANCE):
             raise ValueError(
                 f"AlphaBeta(alpha={self.alpha}, beta={self.beta}): alpha - beta must equal 1, "
                 f"got {self.alpha - self.beta}. Use e.g. AlphaBeta(alpha=2.0, beta=1.0)."
             )
-        self.stabilizer_fn()
+        self.check_settings()
 
     def groups(self):
         alpha = Group((Term(_POS, _POS), Term(_NEG, _NEG, zero=_NO_BIAS)), weight=self.alpha)
@@ -159,7 +176,8 @@ class Gamma(LinearRule):
     zero_params: ZeroParams = None
 
     def __post_init__(self):
-        self.stabilizer_fn()
+        check_number(self.gamma, "Gamma", "gamma", example="0.25")
+        self.check_settings()
 
     def groups(self):
         up = ParamMod((("identity", 1.0), (_POS, self.gamma)))
@@ -194,9 +212,26 @@ class ZBox(LinearRule):
             if not isinstance(value, int | float | Tensor) or isinstance(value, bool):
                 raise TypeError(
                     f"ZBox({name}={value!r}): expected a number or a tensor, got "
-                    f"{type(value).__name__}."
+                    f"{type(value).__name__}. Pass e.g. ZBox(low=-3.0, high=3.0)."
                 )
-        self.stabilizer_fn()
+        low, high = torch.as_tensor(self.low), torch.as_tensor(self.high)
+        try:
+            above = bool((low > high).any())
+        except RuntimeError:  # the shapes do not broadcast against each other
+            raise ValueError(
+                f"ZBox(low={describe_value(self.low)}, high={describe_value(self.high)}): "
+                f"expected bounds that broadcast against each other, got shapes "
+                f"{tuple(low.shape)} and {tuple(high.shape)}. Give both in the same shape, e.g. "
+                f"(1, C, 1, 1)."
+            ) from None
+        if above or not bool(torch.isfinite(low).all() & torch.isfinite(high).all()):
+            raise ValueError(
+                f"ZBox(low={describe_value(self.low)}, high={describe_value(self.high)}): "
+                f"expected finite bounds with low <= high everywhere, got "
+                f"{'low > high' if above else 'a bound that is not finite'}. Pass the input's "
+                f"smallest and largest values, e.g. ZBox(low=-3.0, high=3.0)."
+            )
+        self.check_settings()
 
     def groups(self):
         return (Group((
@@ -259,7 +294,7 @@ class Norm(LinearRule):
     stabilizer: float | Callable[[Tensor], Tensor] = 1e-6
 
     def __post_init__(self):
-        self.stabilizer_fn()
+        self.check_settings()
 
     def groups(self):
         return (Group((Term(),)),)
@@ -280,7 +315,7 @@ class WSquare(LinearRule):
     requires = ("weight",)
 
     def __post_init__(self):
-        self.stabilizer_fn()
+        self.check_settings()
 
     def groups(self):
         return (Group((Term("ones", "square"),)),)
@@ -303,7 +338,7 @@ class Flat(LinearRule):
     requires = ("weight",)
 
     def __post_init__(self):
-        self.stabilizer_fn()
+        self.check_settings()
 
     def groups(self):
         return (Group((Term("ones", "ones", zero=_NO_BIAS),)),)
@@ -396,6 +431,10 @@ class ReLUBetaSmooth(ElementwiseRule):
 
     beta_smooth: float = 10.0
     check = _check_activation
+
+    def __post_init__(self):
+        check_number(self.beta_smooth, "ReLUBetaSmooth", "beta_smooth", example="10.0",
+                     positive=True)
 
     def backward(self, x, grad):
         return torch.sigmoid(self.beta_smooth * x) * grad

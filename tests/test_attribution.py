@@ -142,6 +142,7 @@ def noise_like_zennit(input: Tensor, n_iter: int, seed: int) -> Tensor:
 # Zennit as the oracle
 # --------------------------------------------------------------------------------------------
 
+@pytest.mark.filterwarnings("ignore::funcattr.ModelCheckWarning")  # un-canonized on purpose
 @pytest.mark.parametrize(("name", "ours", "theirs"), COMPOSITES, ids=COMPOSITE_IDS)
 def test_smooth_grad_matches_zennit(name, ours, theirs):
     model, x = cnn(), data(1)
@@ -175,6 +176,7 @@ def test_smooth_grad_global_generator_draws_zennits_noise():
     assert_close(attribution, expected)
 
 
+@pytest.mark.filterwarnings("ignore::funcattr.ModelCheckWarning")  # un-canonized on purpose
 @pytest.mark.parametrize(("name", "ours", "theirs"), COMPOSITES, ids=COMPOSITE_IDS)
 @pytest.mark.parametrize("baseline", ["zeros", "random"])
 def test_integrated_gradients_matches_zennit(name, ours, theirs, baseline):
@@ -229,6 +231,7 @@ OCCLUSION_CASES = [
 ]
 
 
+@pytest.mark.filterwarnings("ignore::funcattr.ModelCheckWarning")  # un-canonized on purpose
 @pytest.mark.parametrize(("window", "stride", "occlusion_fn"), OCCLUSION_CASES)
 @pytest.mark.parametrize(("name", "ours", "theirs"), COMPOSITES[:2], ids=COMPOSITE_IDS[:2])
 def test_occlusion_matches_zennit(window, stride, occlusion_fn, name, ours, theirs):
@@ -329,6 +332,7 @@ law_settings = settings(max_examples=10, deadline=None)
 heavy_law_settings = settings(max_examples=5, deadline=None)
 
 
+@pytest.mark.filterwarnings("ignore::funcattr.ModelCheckWarning")  # un-canonized on purpose
 @law_settings
 @given(seed=st.integers(0, 2**16), noise_level=st.floats(0.0, 2.0),
        composite=st.sampled_from([None, fc.EpsilonPlusFlat(), fc.EpsilonAlpha2Beta1()]))
@@ -342,6 +346,7 @@ def test_smooth_grad_with_one_sample_is_the_gradient(seed, noise_level, composit
     assert torch.equal(attribution, expected)
 
 
+@pytest.mark.filterwarnings("ignore::funcattr.ModelCheckWarning")  # un-canonized on purpose
 @law_settings
 @given(seed=st.integers(0, 2**16), n_iter=st.integers(2, 9))
 def test_smooth_grad_without_noise_is_the_gradient(seed, n_iter):
@@ -418,6 +423,7 @@ def test_disjoint_occlusion_windows_reconstruct_a_linear_model(seed, grid, windo
     assert_close(pixels, weight * x, rtol=1e-12)
 
 
+@pytest.mark.filterwarnings("ignore::funcattr.ModelCheckWarning")  # un-canonized on purpose
 @heavy_law_settings
 @given(seed=st.integers(0, 2**16), chunk_size=st.integers(1, 8),
        composite=st.sampled_from([None, fc.EpsilonPlusFlat()]))
@@ -440,6 +446,7 @@ def test_chunked_equals_unchunked(seed, chunk_size, composite):
     assert_close(attribution, expected, rtol=1e-13)
 
 
+@pytest.mark.filterwarnings("ignore::funcattr.ModelCheckWarning")  # un-canonized on purpose
 @heavy_law_settings
 @given(seed=st.integers(0, 2**16), times_output=st.booleans(),
        composite=st.sampled_from([None, fc.EpsilonPlusFlat(), fc.EpsilonGammaBox(-3.0, 3.0)]))
@@ -626,6 +633,7 @@ def test_softplus_second_derivative_is_analytic():
 # Stateful classes and custom attributors
 # --------------------------------------------------------------------------------------------
 
+@pytest.mark.filterwarnings("ignore::funcattr.ModelCheckWarning")  # un-canonized on purpose
 def test_classes_delegate_to_the_pure_functions_and_leave_the_model_alone():
     model, x = cnn(), data(18)
     before = {name: (value.clone(), value.data_ptr()) for name, value in
@@ -672,6 +680,7 @@ def doc_example(marker: str) -> tuple[str, str]:
     return definitions, "model = vgg11()" + run
 
 
+@pytest.mark.filterwarnings("ignore::funcattr.ModelCheckWarning")  # un-canonized on purpose
 @pytest.mark.parametrize("composite", [None, fc.EpsilonPlusFlat(), fc.EpsilonAlpha2Beta1()],
                          ids=["none", "epsilon_plus_flat", "epsilon_alpha2_beta1"])
 def test_zennit_custom_attributor_examples_give_rule_modified_gradients(composite):
@@ -695,6 +704,7 @@ def test_zennit_custom_attributor_examples_give_rule_modified_gradients(composit
         assert not torch.allclose(expected, plain)
 
 
+@pytest.mark.filterwarnings("ignore::funcattr.ModelCheckWarning")  # un-canonized on purpose
 def test_pure_function_custom_attributor_example():
     namespace = {"fn": None, "params": None}
     text = DOCS.read_text()

@@ -483,6 +483,7 @@ def _residual_map(name, module):
     return None
 
 
+@pytest.mark.filterwarnings("ignore::funcattr.ModelCheckWarning")  # un-canonized on purpose
 def test_attribute_canonizer_binds_forward_to_the_view_copy():
     model = randomise(nn.Sequential(Residual(), Residual()))
     x = torch.randn(2, 3, 5, 5)
@@ -545,6 +546,7 @@ def test_canonizers_are_values():
 # functionalize: canonizers through composites and arguments, per-call transform
 # --------------------------------------------------------------------------------------------
 
+@pytest.mark.filterwarnings("ignore::funcattr.ModelCheckWarning")  # un-canonized on purpose
 def test_canonizers_via_composite_and_argument_agree():
     model = conv_bn_net()
     x = torch.randn(2, 3, 8, 8)

@@ -59,6 +59,17 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module", autouse=True)
+def _no_progress_lines():
+    """Stderr holds only what a test expects: no progress lines, however slow the machine
+    (tests/test_cli_reliability.py tests them)."""
+    from funcattr.cli import progress
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(progress, "QUIET_SECONDS", float("inf"))
+        yield
+
+
+@pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     """One intra-op thread: these tiny batches gain nothing from two, and on shared, loaded
     cores two threads wait for each other (runs took 3-5x longer)."""
@@ -89,6 +100,7 @@ def folder(tmp_path_factory) -> Path:
 # Output: printed table, CSV, Markdown, JSON, PNG
 # --------------------------------------------------------------------------------------------
 
+@pytest.mark.filterwarnings("ignore::funcattr.ModelCheckWarning")  # un-canonized on purpose
 def test_printed_table(fast_run):
     result, out = fast_run
     assert result.exit_code == 0, result.output
@@ -108,6 +120,7 @@ def test_printed_table(fast_run):
     assert lines[-1] == f"wrote table.csv, table.md, evaluation.json, pixel_flipping.png to {out}/"
 
 
+@pytest.mark.filterwarnings("ignore::funcattr.ModelCheckWarning")  # un-canonized on purpose
 def test_files(fast_run):
     result, out = fast_run
     assert result.exit_code == 0, result.output
@@ -140,6 +153,7 @@ def test_files(fast_run):
     ]
 
 
+@pytest.mark.filterwarnings("ignore::funcattr.ModelCheckWarning")  # un-canonized on purpose
 def test_matches_the_library(fast_run):
     """The command computes what fm.evaluate computes on the same images and targets."""
     _, out = fast_run
@@ -160,6 +174,7 @@ def test_matches_the_library(fast_run):
                                                               rel=1e-4, abs=1e-6), (name, column)
 
 
+@pytest.mark.filterwarnings("ignore::funcattr.ModelCheckWarning")  # un-canonized on purpose
 def test_deterministic_given_a_seed(fast_run, tmp_path):
     _, out = fast_run
     again = invoke(*FAST, "--plot", "-o", tmp_path / "again", "-q")

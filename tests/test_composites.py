@@ -370,6 +370,7 @@ def _compare(model: nn.Module, name: str, x: torch.Tensor, targets: list[int],
     assert_close(actual, expected, rtol=RTOL)
 
 
+@pytest.mark.filterwarnings("ignore::funcattr.ModelCheckWarning")  # un-canonized on purpose
 @pytest.mark.parametrize("name", NAMES)
 def test_preset_equals_zennit_on_a_small_cnn(name: str, seed: int) -> None:
     model = small_cnn(seed)
@@ -384,6 +385,7 @@ def test_preset_equals_zennit_on_an_mlp(name: str, seed: int) -> None:
     _compare(model, name, x, [0, 2, 1])
 
 
+@pytest.mark.filterwarnings("ignore::funcattr.ModelCheckWarning")  # un-canonized on purpose
 @pytest.mark.parametrize("name", [n for n in NAMES if n not in (
     "deconvnet", "guided_backprop", "beta_smooth")])  # these take no zero_params
 def test_preset_with_zero_params_equals_zennit(name: str, seed: int) -> None:
@@ -565,5 +567,5 @@ def test_resolution_and_registry_errors_say_the_fix() -> None:
         assign_rules(small_mlp(), LayerMapComposite([(nn.Linear, "epsilon")]))
     with pytest.raises(ValueError, match=r"^get_composite\(name='epsilon_pluss'\): unknown "
                        r"composite; expected a registered name, got 'epsilon_pluss'\. Use one of "
-                       r"beta_smooth, .*\. Did you mean 'epsilon_plus'.*\?$"):
+                       r"attn_lrp, beta_smooth, .*\. Did you mean 'epsilon_plus'.*\?$"):
         get_composite("epsilon_pluss")

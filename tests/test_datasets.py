@@ -129,7 +129,7 @@ def test_store_holds_the_attribution_of_each_batch(model, images, tmp_path):
     assert list(table["source"][:2]) == ["demo:1:0", "demo:1:1"]
     assert set(table["status"]) == {DONE} and set(table["error"]) == {""}
     settings = store.settings
-    assert settings["attributor"] == "funcattr.attribution.gradient"
+    assert settings["attributor"] == "gradient"
     assert settings["dataset"]["fingerprint"] == "DemoDataset(size=12, seed=1, draw_objects=True)"
     assert settings["composite"].startswith("EpsilonPlusFlat(")
     assert len(settings["model"]["sha256"]) == 64 and settings["batch_size"] == BATCH

@@ -256,6 +256,7 @@ def _shared_cases() -> list:
     ]
 
 
+@pytest.mark.filterwarnings("ignore::funcattr.ModelCheckWarning")  # un-canonized on purpose
 @pytest.mark.parametrize(("make", "composite"), _shared_cases())
 def test_module_called_twice_gets_its_rule_at_every_call(make: Callable, composite,
                                                          seed: int) -> None:

@@ -1,5 +1,6 @@
 """In-place operations around ruled modules must not corrupt the rules (Zennit clones for this)."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -74,6 +75,7 @@ class _ResidualInPlace(nn.Module):
         return self.head(self.relu(out))
 
 
+@pytest.mark.filterwarnings("ignore::funcattr.ModelCheckWarning")  # un-canonized on purpose
 def test_inplace_add_on_a_pass_output_matches_the_out_of_place_model(rng):
     model = _ResidualInPlace().eval()
     x = torch.randn(2, 2, 5, 5, generator=rng)

@@ -106,8 +106,8 @@ def test_region_perturbation_agrees(demo):
                                         perturb_baseline=0.0, disable_warnings=True)
     theirs = np.array(metric(model=model, x_batch=images.numpy(), y_batch=labels.numpy(),
                              a_batch=a.numpy(), softmax=False, device="cpu"))
-    ours = region_perturbation(model, images, labels, a, patch_size=8, n_steps=12,
-                               orders=("morf",))
+    ours = region_perturbation(model, images, labels, a, patch_size=8, regions_per_step=1,
+                               n_steps=12, orders=("morf",))
     drop = ours.curves["morf"][:, :1] - ours.curves["morf"][:, 1:]
     np.testing.assert_allclose(drop.numpy(), theirs, rtol=1e-4, atol=1e-5)
 

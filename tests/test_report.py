@@ -308,3 +308,13 @@ def test_report_in_headless_chromium(default_run, tmp_path):
         shown = pixels[y:y + 192, x:x + 192]
         assert shown.shape == expected.shape
         assert np.abs(shown - expected).mean() < 3.0, record["name"]
+
+
+def test_notes_are_listed_and_escaped():
+    """Skipped files and image conversions (issue 14) are listed under the overview."""
+    html = render_report([], {"model": "demo"}, notes=["skipped <b>x.png</b>: not an image",
+                                                       "deep.png: 16-bit grayscale"])
+    assert '<ul class="notes">' in html
+    assert "<li>skipped &lt;b&gt;x.png&lt;/b&gt;: not an image</li>" in html
+    assert "<li>deep.png: 16-bit grayscale</li>" in html
+    assert "notes" not in render_report([], {"model": "demo"}).split("</style>")[1]

@@ -612,6 +612,7 @@ def test_vmap_over_samples_on_batchnorm(make: Callable, seed: int) -> None:
     assert_close(_per_sample(fn, params, x, grad), batched, rtol=RTOL)
 
 
+@pytest.mark.filterwarnings("ignore::funcattr.ModelCheckWarning")  # un-canonized on purpose
 @pytest.mark.parametrize(("make", "rule"), [
     (lambda: nn.AvgPool2d(2), fr.Norm()),
     (lambda: nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False), fr.Norm()),

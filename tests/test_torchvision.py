@@ -306,7 +306,8 @@ def test_small_models_conserve_relevance(name):
     total = relevance.flatten(1).sum(1)
     torch.testing.assert_close(total, output[:, 2], rtol=1e-6, atol=1e-9)
     if name == "mobilenet_v2":  # without the canonizer a residual sends relevance down twice
-        plain, _ = funcattr.functionalize(model, CONSERVING)
+        with pytest.warns(funcattr.ModelCheckWarning, match=r"MobileNetV2Canonizer\(\)"):
+            plain, _ = funcattr.functionalize(model, CONSERVING)
         _, relevance = funcattr.gradient(plain, params, x, funcattr.one_hot(2, times_output=True))
         assert not torch.allclose(relevance.flatten(1).sum(1), output[:, 2], rtol=1e-3)
 
@@ -399,6 +400,7 @@ def test_full_models_relevance_equals_zennit(name, composite):
     assert_close(actual, expected, ZENNIT_RTOL)
 
 
+@pytest.mark.filterwarnings("ignore::funcattr.ModelCheckWarning")  # un-canonized on purpose
 @pytest.mark.parametrize("canonize", [False, True], ids=["batchnorm-generic", "canonized"])
 def test_small_resnet_composes_with_vmap_and_grad(canonize):
     """Per-sample ``vmap`` of an attribution equals the batched one, and ``torch.func.grad``

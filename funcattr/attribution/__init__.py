@@ -6,11 +6,14 @@ and a function from output gradients to input attributions (``torch.func.vjp``).
 
 ``attr_output_fn`` (Zennit's ``attr_output``) says which output gradient to pull back:
 ``None`` uses the output itself, a tensor is used as it is, and a callable is called on the
-output, e.g. ``one_hot(target)``.
+output, e.g. ``one_hot(target)``. The model must return one tensor; for a model that returns a
+tuple or a dict, :func:`select_output` picks the output to explain.
 
 Modules: :mod:`~funcattr.attribution.options` (the option checks, shared with the metrics),
 :mod:`~funcattr.attribution.targets` (output gradients and targets),
 :mod:`~funcattr.attribution.pullback` (``pullback``, ``gradient``),
+:mod:`~funcattr.attribution.relevance` (``relevance``: LRP relevance in Zennit's form or the
+Gradient x Input form of AttnLRP, whichever the composite uses),
 :mod:`~funcattr.attribution.stacking` and :mod:`~funcattr.attribution.batched` (SmoothGrad,
 Integrated Gradients, several targets), :mod:`~funcattr.attribution.occlusion`,
 :mod:`~funcattr.attribution.layout`, :mod:`~funcattr.attribution.classes` (Zennit-style) and
@@ -29,7 +32,13 @@ from funcattr.attribution.classes import (
 )
 from funcattr.attribution.layout import fast_layout, in_fast_layout
 from funcattr.attribution.occlusion import occlude_independent, occlusion
-from funcattr.attribution.pullback import Params, gradient, pullback
+from funcattr.attribution.pullback import (
+    Params,
+    SelectedOutput,
+    gradient,
+    pullback,
+    select_output,
+)
 from funcattr.attribution.registry import (
     ATTRIBUTORS,
     AttributorOption,
@@ -37,6 +46,7 @@ from funcattr.attribution.registry import (
     get_attributor,
     register_attributor,
 )
+from funcattr.attribution.relevance import relevance
 from funcattr.attribution.targets import AttrOutput, constant, identity, one_hot, top_k_targets
 
 T = TypeVar("T")
@@ -51,6 +61,7 @@ __all__ = [
     "IntegratedGradients",
     "Occlusion",
     "Params",
+    "SelectedOutput",
     "SmoothGrad",
     "constant",
     "fast_layout",
@@ -65,6 +76,8 @@ __all__ = [
     "one_hot",
     "pullback",
     "register_attributor",
+    "relevance",
+    "select_output",
     "smooth_grad",
     "top_k_targets",
 ]

@@ -7,6 +7,7 @@ are one forward pass and one ``vmap`` of the pullback over the stacked output gr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,8 @@ from funcattr.attribution.options import (
     check_input,
     check_n_iter,
     check_noise_level,
+    check_params,
+    check_same_dtype,
     chunk_ranges,
     copies_per_step,
     make_generator,
@@ -30,6 +33,7 @@ from funcattr.attribution.pullback import (
     Params,
     autograd_pullback,
     needs_transforms,
+    usable_input,
     vjp_pullback,
 )
 from funcattr.attribution.stacking import mean_gradient
@@ -40,7 +44,8 @@ from funcattr.attribution.targets import (
     target_index,
 )
 
-__all__ = ["draw_noise", "integrated_gradients", "multi_target", "smooth_grad"]
+__all__ = ["draw_noise", "integrated_gradients", "multi_target", "smooth_grad",
+           "stacked_pullback"]
 
 
 def draw_noise(input: Tensor, count: int, generator: int | torch.Generator | None,
@@ -78,6 +83,8 @@ def _check_noise(noise: Any, n_iter: int, input: Tensor, generator: Any, owner: 
             f"{n_iter - 1} noisy copies of the input (the last copy is noise-free), got "
             f"{tuple(noise.shape)}. Pass noise=torch.randn({', '.join(map(str, expected))})."
         )
+    check_same_dtype(noise, input, f"noise=tensor of dtype {noise.dtype}", owner, "noise",
+                     "Pass noise.to(input.dtype)")
     if generator is not None:
         raise ValueError(
             f"{owner}(generator={generator!r}, noise=...): expected the noise or a generator "
@@ -130,6 +137,7 @@ def smooth_grad(fn: Callable, params: Params, input: Tensor, attr_output_fn: Att
     owner = "smooth_grad"
     attr_output_fn = as_attr_output_fn(attr_output_fn, owner)
     check_input(input, owner)
+    check_params(params, owner)
     check_batched(input, owner)
     check_n_iter(n_iter, owner)
     check_noise_level(noise_level, owner)
@@ -140,7 +148,7 @@ def smooth_grad(fn: Callable, params: Params, input: Tensor, attr_output_fn: Att
     else:
         _check_noise(noise, n_iter, input, generator, owner)
     batch = input.shape[0]
-    flat = input.reshape(batch, -1)
+    flat = input.reshape(batch, math.prod(input.shape[1:]))  # also for an empty batch
     span = (flat.amax(1) - flat.amin(1)) if flat.shape[1] else flat.new_zeros(batch)
     std = noise_level * span.reshape(batch, *(1,) * (input.ndim - 1))
 
@@ -197,6 +205,7 @@ def integrated_gradients(fn: Callable, params: Params, input: Tensor,
     owner = "integrated_gradients"
     attr_output_fn = as_attr_output_fn(attr_output_fn, owner)
     check_input(input, owner)
+    check_params(params, owner)
     check_batched(input, owner)
     check_n_iter(n_iter, owner)
     check_chunk_size(chunk_size, owner)
@@ -217,6 +226,30 @@ def integrated_gradients(fn: Callable, params: Params, input: Tensor,
     output, result = mean_gradient(fn, params, input, samples, n_iter, attr_output_fn,
                                    chunk_size, owner)
     return output, result * difference
+
+
+def stacked_pullback(fn: Callable, params: Params, input: Tensor, chunk_size: int | None,
+                     owner: str) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    """One forward pass; ``pull(seeds)`` maps K output gradients stacked as
+    ``(K, *output.shape)`` to ``(K, *input.shape)`` attributions, ``chunk_size // batch`` of
+    them per batched backward step (all at once for ``None``)."""
+    input = usable_input(input, owner)
+    batch = input.shape[0]
+    if needs_transforms(input, params):
+        output, pull = vjp_pullback(fn, params, input, owner)
+
+        def pull_stacked(seeds: Tensor) -> Tensor:
+            step = copies_per_step(chunk_size, batch, seeds.shape[0])
+            return torch.func.vmap(pull, chunk_size=step)(seeds)
+    else:  # plain autograd; its backward under a vmap over the targets only
+        output, pull = autograd_pullback(fn, params, input, owner)
+
+        def pull_stacked(seeds: Tensor) -> Tensor:
+            steps = chunk_ranges(seeds.shape[0], copies_per_step(chunk_size, batch,
+                                                                  seeds.shape[0]))
+            return torch.cat([pull(seeds[start:stop], stacked=True, last=stop == steps[-1][1])
+                              for start, stop in steps])
+    return output, pull_stacked
 
 
 def multi_target(fn: Callable, params: Params, input: Tensor, targets: Any, *,
@@ -254,24 +287,10 @@ def multi_target(fn: Callable, params: Params, input: Tensor, targets: Any, *,
     owner = "multi_target"
     check_targets(targets, owner)
     check_input(input, owner)
+    check_params(params, owner)
     check_batched(input, owner)
     check_chunk_size(chunk_size, owner)
-    batch = input.shape[0]
-    if needs_transforms(input, params):
-        output, pull = vjp_pullback(fn, params, input, owner)
-
-        def pull_stacked(seeds: Tensor) -> Tensor:
-            step = copies_per_step(chunk_size, batch, seeds.shape[0])
-            return torch.func.vmap(pull, chunk_size=step)(seeds)
-    else:  # plain autograd; its backward under a vmap over the targets only
-        output, pull = autograd_pullback(fn, params, input, owner)
-
-        def pull_stacked(seeds: Tensor) -> Tensor:
-            steps = chunk_ranges(seeds.shape[0], copies_per_step(chunk_size, batch,
-                                                                  seeds.shape[0]))
-            return torch.cat([pull(seeds[start:stop], stacked=True, last=stop == steps[-1][1])
-                              for start, stop in steps])
-
+    output, pull_stacked = stacked_pullback(fn, params, input, chunk_size, owner)
     index = target_index(targets, output, owner)
     seeds = torch.nn.functional.one_hot(index, output.shape[1]).to(output.dtype)
     if times_output:

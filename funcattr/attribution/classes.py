@@ -167,10 +167,11 @@ class Gradient(Attributor):
     def _attribute(self, function: Callable, input: Tensor,
                    attr_output_fn: Callable[[Tensor], Tensor], **options: Any):
         """Call the pure ``function`` on the active ``(fn, params)``, honouring create_graph."""
-        if not self.create_graph:
-            input = input.detach()
-        elif not input.requires_grad:
-            input = input.detach().requires_grad_(True)
+        if isinstance(input, Tensor):  # anything else: the pure function names the mistake
+            if not self.create_graph:
+                input = input.detach()
+            elif not input.requires_grad:
+                input = input.detach().requires_grad_(True)
         with torch.set_grad_enabled(self.create_graph or torch.is_grad_enabled()):
             return function(self.fn, self.params, input, attr_output_fn, **options)
 
@@ -267,6 +268,7 @@ class Occlusion(Attributor):
         self.chunk_size = chunk_size
 
     def forward(self, input, attr_output_fn):
-        return occlusion(self.fn, self.params, input.detach(), attr_output_fn,
+        input = input.detach() if isinstance(input, Tensor) else input
+        return occlusion(self.fn, self.params, input, attr_output_fn,
                          occlusion_fn=self.occlusion_fn, window=self.window, stride=self.stride,
                          chunk_size=self.chunk_size)

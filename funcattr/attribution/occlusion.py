@@ -18,11 +18,13 @@ from funcattr.attribution.options import (
     check_batched,
     check_chunk_size,
     check_input,
+    check_params,
+    check_same_dtype,
     check_window,
     chunk_ranges,
     copies_per_step,
 )
-from funcattr.attribution.pullback import Params, call_model
+from funcattr.attribution.pullback import Params, SelectedOutput, call_model
 from funcattr.attribution.stacking import output_gradients, unstack, vmapped
 from funcattr.attribution.targets import AttrOutput, as_attr_output_fn
 from funcattr.core import is_differentiated
@@ -97,12 +99,14 @@ def _occluded(occlusion_fn: Callable | None, input: Tensor, masks: Tensor, owner
             f"{tuple(input.shape)}, got {tuple(occluded.shape[1:])}. Return a tensor shaped "
             f"like the input from occlusion_fn(input, mask)."
         )
+    check_same_dtype(occluded, input, "occlusion_fn=...", owner, "occluded inputs",
+                     "Fill in the input's dtype, e.g. with fill_fn=torch.zeros_like")
     return occluded
 
 
 def _forward_only(fn: Callable) -> Callable:
     """The model without rules where ``fn`` offers it (rules change gradients, not values)."""
-    return fn.plain if isinstance(fn, FunctionalModel) else fn
+    return fn.plain if isinstance(fn, FunctionalModel | SelectedOutput) else fn
 
 
 def occlusion(fn: Callable, params: Params, input: Tensor, attr_output_fn: AttrOutput = None,
@@ -147,6 +151,7 @@ def occlusion(fn: Callable, params: Params, input: Tensor, attr_output_fn: AttrO
     owner = "occlusion"
     attr_output_fn = as_attr_output_fn(attr_output_fn, owner)
     check_input(input, owner)
+    check_params(params, owner)
     check_batched(input, owner)
     check_window(window, "window", owner)
     check_window(stride, "stride", owner)
@@ -158,12 +163,15 @@ def occlusion(fn: Callable, params: Params, input: Tensor, attr_output_fn: AttrO
             f"Pass e.g. occlusion_fn=occlude_independent."
         )
     shape = tuple(input.shape)
+    model = _forward_only(fn)
+    if shape[0] == 0:  # an empty batch: an empty result, as from every attributor
+        with torch.no_grad():
+            return call_model(model, params, input, owner), torch.zeros_like(input)
     window, stride = _window_and_stride(window, stride, shape, owner)
     offsets = torch.tensor(
         list(product(*(range(0, size, step) for size, step in zip(shape, stride)))),
         dtype=torch.long, device=input.device,
     )
-    model = _forward_only(fn)
     batch = shape[0]
     differentiated = is_differentiated([input, *params.values()])
     result = torch.zeros_like(input)

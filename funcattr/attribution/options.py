@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -32,7 +32,9 @@ __all__ = [
     "check_int",
     "check_n_iter",
     "check_noise_level",
+    "check_params",
     "check_positive_number",
+    "check_same_dtype",
     "check_window",
     "chunk_ranges",
     "copies_per_step",
@@ -179,15 +181,48 @@ def baseline_of(baseline_fn: Any, input: Tensor, owner: str) -> Tensor:
             f"broadcasting to it, e.g. (1, C, 1, 1)), got {got}. Pass e.g. "
             f"baseline_fn=torch.zeros_like."
         )
+    check_same_dtype(baseline, input, "baseline_fn=" + (
+        f"tensor of dtype {baseline.dtype}" if baseline is baseline_fn else "..."), owner,
+        "a baseline", "Give the baseline in the input's dtype, e.g. torch.zeros_like(input)")
     return baseline
 
 
+def check_params(params: Any, owner: str) -> Mapping[str, Any]:
+    """``params``: a mapping of names to tensors, such as the params of ``functionalize``
+    (which keys it holds is checked by ``fn``)."""
+    if not isinstance(params, Mapping):
+        raise TypeError(
+            f"{owner}(params={type(params).__name__}): expected a dict of str to Tensor (the "
+            f"params of funcattr.functionalize), got {type(params).__name__}. Pass the params "
+            f"returned by fn, params = funcattr.functionalize(model, composite)."
+        )
+    return params
+
+
+def check_same_dtype(tensor: Tensor, input: Tensor, argument: str, owner: str, what: str,
+                     fix: str) -> None:
+    """``tensor`` (``what``: a baseline, noise, an occluded input) in the dtype of ``input``;
+    ``argument`` is the call's ``name=value`` part."""
+    if tensor.dtype != input.dtype:
+        raise TypeError(
+            f"{owner}({argument}): expected {what} in the input's dtype {input.dtype}, got "
+            f"{tensor.dtype}. {fix}."
+        )
+
+
 def check_input(input: Any, owner: str, name: str = "input") -> Tensor:
-    """A tensor without NaN or infinity (checked where its values are concrete)."""
+    """A tensor with values (not on the ``meta`` device) and without NaN or infinity
+    (checked where its values are concrete)."""
     if not isinstance(input, Tensor):
         raise TypeError(
             f"{owner}({name}={type(input).__name__}): expected a torch.Tensor, got "
             f"{type(input).__name__}. Pass e.g. torch.as_tensor({name})."
+        )
+    if input.is_meta:
+        raise ValueError(
+            f"{owner}({name}={shown(input)} on the meta device): expected a tensor with "
+            f"values, got a meta tensor, which has a shape but no data. Pass a tensor with "
+            f"data on the model's device (cpu or cuda)."
         )
     plain = concrete_value(input)
     if plain is not None and plain.is_floating_point() and not bool(torch.isfinite(plain).all()):

@@ -9,33 +9,146 @@ plain autograd (no transform overhead, no graph of the backward); otherwise on
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from funcattr.attribution.options import check_input, shown
+from funcattr.attribution.options import check_input, check_params, shown
 from funcattr.attribution.targets import AttrOutput, as_attr_output_fn, output_gradient
 from funcattr.core import is_differentiated, is_transformed, rules_at_this_level
 
 __all__ = [
     "Params",
+    "SelectedOutput",
     "autograd_pullback",
     "call_model",
+    "check_output",
     "gradient",
     "needs_transforms",
     "pullback",
+    "select_output",
+    "usable_input",
     "vjp_pullback",
 ]
 
 Params = Mapping[str, Tensor]
 
+_PICK = ("Pick the output to explain with fn = funcattr.attribution.select_output(fn, 0) for "
+         "a tuple or select_output(fn, 'logits') for a dict or an object with that attribute "
+         "(or make the model return one tensor)")
 
-def call_model(fn: Callable, params: Params, input: Tensor, owner: str) -> Tensor:
-    """``fn(params, input)``; a shape mistake becomes a ``ValueError`` naming ``input``."""
+
+def _described(output: Any) -> str:
+    if isinstance(output, Mapping):
+        return f"a {type(output).__name__} with keys {list(output)[:8]}"
+    if isinstance(output, tuple | list):
+        inner = ", ".join(f"Tensor{tuple(item.shape)}" if isinstance(item, Tensor)
+                          else type(item).__name__ for item in output[:4])
+        return f"a {type(output).__name__} of {len(output)} ({inner}{', ...' * (len(output) > 4)})"
+    return type(output).__name__
+
+
+def check_output(output: Any, owner: str, argument: str = "fn") -> Tensor:
+    """The model's output, which the attributors and metrics need as one tensor;
+    ``argument`` names the model in the caller's signature."""
+    if not isinstance(output, Tensor):
+        raise TypeError(
+            f"{owner}({argument}=...): expected a model that returns one tensor, got "
+            f"{_described(output)}. {_PICK}."
+        )
+    return output
+
+
+@dataclass(frozen=True)
+class SelectedOutput:
+    """``fn(params, input)[key]``: one output of a model that returns several
+    (:func:`select_output`)."""
+
+    fn: Callable
+    key: Any
+
+    def __call__(self, params: Params, input: Any, *args: Any, **kwargs: Any) -> Tensor:
+        output = self.fn(params, input, *args, **kwargs)
+        key = self.key
+        if callable(key):
+            return key(output)
+        if isinstance(key, str) and not isinstance(output, Mapping) and hasattr(output, key):
+            return getattr(output, key)
+        try:
+            return output[key]
+        except (KeyError, IndexError, TypeError):
+            raise ValueError(
+                f"select_output(key={key!r}): expected a key of the model's output, got one "
+                f"that {_described(output)} lacks. Pass an index of the tuple or a key of the "
+                f"dict."
+            ) from None
+
+    @property
+    def plain(self) -> Callable:
+        """The same selection of ``fn.plain`` (the model without rules), where ``fn`` has
+        one."""
+        plain = getattr(self.fn, "plain", None)
+        return SelectedOutput(plain, self.key) if callable(plain) else self
+
+    def split_params(self, params: Params):
+        """``fn.split_params(params)`` (see :meth:`funcattr.ruled.FunctionalModel.split_params`)."""
+        return self.fn.split_params(params)
+
+
+def select_output(fn: Callable, key: Any) -> SelectedOutput:
+    """``fn`` reduced to one of its outputs, for a model that returns a tuple, a dict or an
+    object (e.g. a ``transformers`` ``ModelOutput``).
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(params, input)``, e.g. from :func:`funcattr.functionalize`.
+    key : int, str or callable
+        An index of a tuple, a key of a dict (or an attribute name), or ``output -> tensor``.
+
+    Examples
+    --------
+    >>> fn, params = functionalize(model, EpsilonPlusFlat())             # doctest: +SKIP
+    >>> logits = select_output(fn, 0)    # the model returns (logits, features)  # doctest: +SKIP
+    >>> output, relevance = gradient(logits, params, x, one_hot(3))      # doctest: +SKIP
+    """
+    if not callable(fn):
+        raise TypeError(
+            f"select_output(fn={type(fn).__name__}): expected a callable fn(params, input), got "
+            f"{type(fn).__name__}. Pass the fn of funcattr.functionalize."
+        )
+    if not (callable(key) or isinstance(key, int | str)) or isinstance(key, bool):
+        raise TypeError(
+            f"select_output(key={key!r}): expected an int, a str or a callable output -> "
+            f"tensor, got {type(key).__name__}. Pass e.g. key=0 or key='logits'."
+        )
+    return SelectedOutput(fn, key)
+
+
+def _parameter_dtype(params: Params) -> torch.dtype | None:
+    return next((value.dtype for value in params.values()
+                 if isinstance(value, Tensor) and value.is_floating_point()), None)
+
+
+def call_model(fn: Callable, params: Params, input: Tensor, owner: str,
+               argument: str = "fn") -> Tensor:
+    """``fn(params, input)``, which must be one tensor; a shape (dtype) mistake becomes a
+    ``ValueError`` (``TypeError``) naming ``input``; ``argument`` names the model in the
+    caller's signature."""
     try:
-        return fn(params, input)
+        return check_output(fn(params, input), owner, argument)
     except (RuntimeError, ValueError) as error:
         text = str(error)
+        dtype = _parameter_dtype(params)
+        if (isinstance(error, RuntimeError) and dtype is not None and dtype != input.dtype
+                and "type" in text):  # "dtype", "scalar type", "Input type (double) ..."
+            raise TypeError(
+                f"{owner}(input=tensor of dtype {input.dtype}): expected the dtype of the "
+                f"model's parameters, {dtype}, got {input.dtype}. Pass input.to({dtype}) (or "
+                f"convert the model)."
+            ) from error
         torch_shape_error = isinstance(error, RuntimeError) and ("shape" in text or "size" in text)
         if not torch_shape_error and "D input (got" not in text:  # e.g. BatchNorm's ValueError
             raise
@@ -76,9 +189,23 @@ def pullback(fn: Callable, params: Params, input: Tensor, *,
         ``pull(output_grad, last=False) -> attribution`` shaped like ``input``.
     """
     check_input(input, owner)
+    check_params(params, owner)
+    input = usable_input(input, owner)
     if needs_transforms(input, params):
         return vjp_pullback(fn, params, input, owner)
     return autograd_pullback(fn, params, input, owner)
+
+
+def usable_input(input: Tensor, owner: str) -> Tensor:
+    """``input`` as autograd can take it: a tensor made under ``torch.inference_mode()`` is
+    copied (autograd cannot record it); inside inference mode no gradient exists at all."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            f"{owner}(input=...): expected a call outside torch.inference_mode(), got one "
+            f"inside it, where autograd records nothing. Call {owner} outside the "
+            f"inference_mode block (torch.no_grad() around it is fine)."
+        )
+    return input.clone() if input.is_inference() else input
 
 
 def autograd_pullback(fn: Callable, params: Params, input: Tensor, owner: str):

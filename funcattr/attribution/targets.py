@@ -12,6 +12,7 @@ import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -24,6 +25,7 @@ __all__ = [
     "check_target",
     "check_targets",
     "constant",
+    "from_numpy",
     "identity",
     "one_hot",
     "output_gradient",
@@ -82,6 +84,16 @@ def output_gradient(output: Tensor, attr_output_fn: Callable[[Tensor], Tensor],
     return seed.to(output.dtype) if seed.dtype != output.dtype else seed
 
 
+def from_numpy(value: Any) -> Any:
+    """A numpy array of integers as a tensor and a numpy integer as an int; anything else
+    unchanged (numpy labels work wherever targets do)."""
+    if isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.integer):
+        return torch.from_numpy(value.astype(np.int64))
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
 def _check_target_kind(target: Any, owner: str) -> None:
     if isinstance(target, bool) or not (
         target is None or isinstance(target, numbers.Integral | Tensor)
@@ -122,6 +134,7 @@ def one_hot(target: int | Sequence[int] | Tensor | None = None, *,
     --------
     >>> output, relevance = gradient(fn, params, x, one_hot([3, 1]))  # doctest: +SKIP
     """
+    target = from_numpy(target)
     _check_target_kind(target, "one_hot")
 
     def one_hot_fn(output: Tensor) -> Tensor:
@@ -132,8 +145,8 @@ def one_hot(target: int | Sequence[int] | Tensor | None = None, *,
             )
         batch, classes = output.shape
         index = output.argmax(dim=1) if target is None else torch.as_tensor(
-            target, device=output.device
-        )
+            target, device=output.device,
+            dtype=None if isinstance(target, Tensor) else torch.long)  # [] is no float
         index = index.expand(batch) if index.ndim == 0 else index
         if index.shape != (batch,):
             raise ValueError(
@@ -160,6 +173,7 @@ def one_hot(target: int | Sequence[int] | Tensor | None = None, *,
 def check_target(target: Any, batch: int, owner: str) -> Tensor:
     """One integer class per sample as a ``(batch,)`` long tensor (an int or a 0-dim tensor
     stands for every sample)."""
+    target = from_numpy(target)
     if isinstance(target, bool) or not isinstance(target, numbers.Integral | Tensor | Sequence) \
             or isinstance(target, str | bytes):
         raise TypeError(
@@ -167,7 +181,8 @@ def check_target(target: Any, batch: int, owner: str) -> Tensor:
             f"tensor of shape (batch,), got {type(target).__name__}. Pass e.g. "
             f"target=[3, 1] (one class per sample)."
         )
-    target = torch.as_tensor(target)
+    target = torch.as_tensor(target, dtype=torch.long if isinstance(target, Sequence) and
+                             len(target) == 0 else None)  # [] is no float tensor of classes
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise TypeError(
             f"{owner}(target=tensor of dtype {target.dtype}): expected integer classes, got "
@@ -213,6 +228,7 @@ def top_k_targets(k: int) -> Callable[[Tensor], Tensor]:
 def check_targets(targets: Any, owner: str) -> None:
     """``multi_target``'s targets: a sequence, a tensor or a callable (checked before any
     compute; their values are checked against the output by :func:`target_index`)."""
+    targets = from_numpy(targets)
     if not (callable(targets) or isinstance(targets, Tensor | Sequence)) or isinstance(
         targets, str | bytes
     ):
@@ -227,7 +243,14 @@ def target_index(targets: Any, output: Tensor, owner: str) -> Tensor:
     """``multi_target``'s targets as a ``(K, batch)`` integer tensor, checked against the
     output."""
     check_targets(targets, owner)
+    targets = from_numpy(targets)
     described = shown(targets) if isinstance(targets, Tensor) else repr(targets)
+    if (targets.numel() if isinstance(targets, Tensor) else
+            len(targets) if isinstance(targets, Sequence) else 1) == 0:
+        raise ValueError(
+            f"{owner}(targets={described}): expected K >= 1 targets, got K = 0. Pass at least "
+            f"one class, e.g. targets=[3]."
+        )
     index = targets(output) if callable(targets) else torch.as_tensor(targets,
                                                                       device=output.device)
     if not isinstance(index, Tensor) or index.is_floating_point() or index.is_complex() or (

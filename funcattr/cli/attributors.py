@@ -17,6 +17,8 @@ import torch
 from torch import Tensor
 
 from funcattr.attribution.registry import ATTRIBUTORS, AttributorSpec, get_attributor
+from funcattr.attribution.relevance import relevance
+from funcattr.checks import is_attention
 from funcattr.cli.models import InputNormalization, LoadedModel
 from funcattr.composites import COMPOSITES, LayerMapComposite, MixedComposite
 from funcattr.rules import Pass
@@ -35,6 +37,8 @@ __all__ = [
 
 #: The composite chosen by ``--composite auto`` for the gradient attributor.
 DEFAULT_LRP_COMPOSITE = "epsilon_plus_flat"
+#: ... and for a model with attention (a ViT): relevance is input x its gradient.
+TRANSFORMER_LRP_COMPOSITE = "attn_lrp"
 
 #: ``--chunk-size`` by default bounds one step to about this many input values per channel.
 #: Steps of this size keep a CNN's early activations below glibc's 32 MiB mmap threshold (see
@@ -89,6 +93,9 @@ def attribute(name: str, fn: Callable, params: dict, input: Tensor,
     noise and ``chunk_size`` (model inputs per step) if it takes one.
     """
     spec = resolve_attributor(name) if name not in ATTRIBUTORS else ATTRIBUTORS[name]
+    if spec.name == "gradient" and getattr(fn, "form", None) == "gradient_x_input" and (
+            getattr(fn, "rules", None)):  # AttnLRP, CP-LRP: relevance is input x gradient
+        return relevance(fn, params, input, attr_output_fn)
     kwargs = {option.name: options[option.name] for option in spec.options
               if options.get(option.name) is not None}
     if spec.random:
@@ -98,10 +105,14 @@ def attribute(name: str, fn: Callable, params: dict, input: Tensor,
     return spec.function(fn, params, input, attr_output_fn, **kwargs)
 
 
-def composite_name(spec: str, attributor: str) -> str:
-    """The composite ``--composite auto`` stands for: LRP for gradients, none otherwise."""
+def composite_name(spec: str, attributor: str, model: torch.nn.Module | None = None) -> str:
+    """The composite ``--composite auto`` stands for: LRP for gradients (AttnLRP for a model
+    with attention), none otherwise."""
     if spec == "auto":
-        return DEFAULT_LRP_COMPOSITE if attributor == "gradient" else "none"
+        if attributor != "gradient":
+            return "none"
+        attention = model is not None and any(is_attention(m) for m in model.modules())
+        return TRANSFORMER_LRP_COMPOSITE if attention else DEFAULT_LRP_COMPOSITE
     return spec
 
 
@@ -113,7 +124,7 @@ def build_composite(spec: str, loaded: LoadedModel, attributor: str = "gradient"
     composite : Composite or None
     description : str
     """
-    name = composite_name(spec, attributor)
+    name = composite_name(spec, attributor, loaded.model)
     if name == "none":
         return None, "none"
     if name not in COMPOSITES:

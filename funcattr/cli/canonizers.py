@@ -1,53 +1,46 @@
 """Canonizers for ``--canonizer``: by name, or by the model's architecture (``auto``).
 
-:func:`available_canonizers` is the one place that finds them. It scans the public classes of
-``funcattr.canonizers`` and ``funcattr.torchvision`` for canonizers that need no arguments;
-when ``funcattr.canonizers`` has a canonizer registry, this function is where to read it.
+Both come from the canonizer registry (:data:`funcattr.canonizers.CANONIZERS`):
+:func:`funcattr.canonizers.find_canonizer` reads a name (case, punctuation and a ``Canonizer``
+suffix do not matter, so class names work too) and
+:func:`funcattr.canonizers.canonizers_for` picks by architecture. A canonizer whose
+constructor needs arguments (say ``named_merge_batch_norm``'s ``name_map``) cannot be built from
+the command line; it is listed as such and refused with a hint.
 """
 
 from __future__ import annotations
 
 import difflib
-import importlib
-import inspect
-import re
 
 import click
 
-from funcattr.canonizers import Canonizer, CompositeCanonizer
-from funcattr.cli.models import AUTO_CANONIZERS, LoadedModel
+from funcattr.canonizers import (
+    CANONIZERS,
+    CanonizerSpec,
+    canonizers_for,
+    find_canonizer,
+    get_canonizer,
+)
+from funcattr.cli.models import LoadedModel
+from funcattr.cli.output import reported_errors
 
-__all__ = ["available_canonizers", "resolve_canonizers"]
-
-#: The modules whose public canonizer classes ``--canonizer`` offers.
-CANONIZER_MODULES = ("funcattr.canonizers", "funcattr.torchvision")
-
-
-def available_canonizers() -> dict[str, type]:
-    """Canonizer classes needing no arguments, by class name, from :data:`CANONIZER_MODULES`."""
-    found: dict[str, type] = {}
-    for module_name in CANONIZER_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        for attr in getattr(module, "__all__", dir(module)):
-            obj = getattr(module, attr, None)
-            if (
-                isinstance(obj, type) and issubclass(obj, Canonizer)
-                and obj is not CompositeCanonizer and not inspect.isabstract(obj)
-                and not attr.startswith("_")
-            ):
-                try:
-                    inspect.signature(obj).bind()
-                except (TypeError, ValueError):
-                    continue
-                found[attr] = obj
-    return found
+__all__ = ["buildable", "resolve_canonizers"]
 
 
-def _key(name: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", name.lower()).removesuffix("canonizer")
+def buildable(spec: CanonizerSpec) -> bool:
+    """Whether the command line can build the canonizer (its constructor needs no argument)."""
+    return not spec.arguments()
+
+
+def _unknown(part: str) -> click.BadParameter:
+    names = [name for name, spec in CANONIZERS.items() if buildable(spec)]
+    close = difflib.get_close_matches(part, names, n=2)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return click.BadParameter(
+        f"{part!r} is not a canonizer the command line can build; expected auto, none or "
+        f"one of: {', '.join(names)} (funcattr list canonizers).{hint}",
+        param_hint="--canonizer",
+    )
 
 
 def resolve_canonizers(spec: str, loaded: LoadedModel) -> tuple[list, str]:
@@ -58,25 +51,28 @@ def resolve_canonizers(spec: str, loaded: LoadedModel) -> tuple[list, str]:
     canonizers : list of Canonizer
     description : str
     """
-    available = available_canonizers()
     if spec == "none":
         return [], "none"
     if spec == "auto":
-        for candidate in AUTO_CANONIZERS.get(loaded.family or "", ()):
-            if candidate in available:
-                return [available[candidate]()], f"{candidate} (auto)"
-        return [], "none (auto: none known for this model)"
-    by_key = {_key(name): cls for name, cls in available.items()}
+        with reported_errors(f"--canonizer auto on --model {loaded.name}",
+                             fix="Pass --canonizer none or name canonizers."):
+            chosen = canonizers_for(loaded.model)
+        if not chosen:
+            return [], "none (auto: none fits this model)"
+        return chosen, f"{', '.join(type(c).__name__ for c in chosen)} (auto)"
     chosen = []
     for part in (p.strip() for p in spec.split(",")):
-        cls = by_key.get(_key(part))
-        if cls is None:
-            close = difflib.get_close_matches(part, list(available), n=2)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
-            known = ", ".join(sorted(available)) or "none available"
+        try:
+            found = find_canonizer(part)
+        except (TypeError, ValueError):
+            raise _unknown(part) from None
+        if not buildable(found):
+            arguments = ", ".join(found.arguments())
             raise click.BadParameter(
-                f"{part!r} is not a canonizer; expected auto, none or one of: {known}.{hint}",
+                f"{part!r} needs the argument(s) {arguments}, which the command line cannot "
+                f"give. Use it from Python (funcattr.get_canonizer({found.name!r}, "
+                f"{arguments.split(', ')[0]}=...)), or choose another canonizer.",
                 param_hint="--canonizer",
             )
-        chosen.append(cls())
+        chosen.append(get_canonizer(found.name))
     return chosen, ", ".join(type(c).__name__ for c in chosen)

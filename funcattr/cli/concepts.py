@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from funcattr.cli.attributors import DEFAULT_LRP_COMPOSITE, build_composite
 from funcattr.cli.canonizers import resolve_canonizers
-from funcattr.cli.group import main
+from funcattr.cli.group import COMMANDS, main
 from funcattr.cli.heatmaps import normalize_relevance
 from funcattr.cli.models import LoadedModel
 from funcattr.cli.options import image_arguments, model_from_options, model_options
@@ -143,7 +143,7 @@ def _resolve_target(spec: str, loaded: LoadedModel) -> int | None:
         param_hint="--target")
 
 
-@main.command()
+@main.command(name="concepts", short_help=COMMANDS["concepts"][1])
 @image_arguments
 @model_options
 @click.option("--layer", "-l", default="auto", show_default=True,

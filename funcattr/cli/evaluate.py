@@ -15,13 +15,11 @@ The methods come from the attributor registry, the metrics from the metric regis
 from __future__ import annotations
 
 import ast
-import contextlib
 import difflib
 import json
 import math
-import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,8 +37,8 @@ from funcattr.cli.attributors import (
     resolve_attributor,
 )
 from funcattr.cli.canonizers import resolve_canonizers
-from funcattr.cli.group import main
-from funcattr.cli.models import LoadedModel
+from funcattr.cli.group import COMMANDS, main
+from funcattr.cli.models import DEMO_MODELS, LoadedModel
 from funcattr.cli.options import (
     attributor_option_names,
     attributor_options,
@@ -51,8 +49,15 @@ from funcattr.cli.options import (
     model_from_options,
     model_options,
 )
-from funcattr.cli.output import Staging, check_replaceable, reported_errors
-from funcattr.cli.samples import Sample, collect_samples, demo_samples, load_sample
+from funcattr.cli.output import Staging, reported_errors
+from funcattr.cli.progress import Progress
+from funcattr.cli.samples import (
+    Sample,
+    collect_samples,
+    demo_samples,
+    load_samples,
+    none_readable,
+)
 from funcattr.composites import COMPOSITES
 from funcattr.metrics import (
     EvaluationTable,
@@ -166,6 +171,14 @@ def parse_methods(attributors: Sequence[str], composites: Sequence[str]) -> list
                            [*ATTRIBUTORS, *COMPOSITES], "--attributor")
     methods += [Method("gradient", composite_of(entry, "--composite"))
                 for entry in composite_entries]
+    for method in methods:
+        if method.composite is not None and not method.spec.takes_composite:
+            users = [name for name, spec in ATTRIBUTORS.items() if spec.takes_composite]
+            raise click.BadParameter(
+                f"{method.name}: a composite applies to {' or '.join(users)}, not "
+                f"{method.spec.name}, which uses no gradient. Pass {method.attributor} alone.",
+                param_hint="--attributor",
+            )
     return list(dict.fromkeys(methods))
 
 
@@ -283,34 +296,67 @@ def _make_method(name: str, values: dict[str, Any], chunk_size: int, seed: int) 
     return method
 
 
-def _load_images(samples: list[Sample], loaded: LoadedModel) -> tuple[Tensor, Tensor | None]:
-    pairs = [load_sample(s, loaded.input_size, loaded.resize) for s in samples]
+def _load_images(samples: list[Sample], loaded: LoadedModel, allow_large: bool
+                 ) -> tuple[list[Sample], Tensor, Tensor | None, list[Sample]]:
+    """The readable samples, their images and masks, and the skipped samples (files found in
+    folders that cannot be read; a file named on the command line is an error)."""
+    kept, pairs, skipped = load_samples(samples, loaded.input_size, loaded.resize,
+                                        allow_large=allow_large)
+    if not kept:
+        raise none_readable(len(samples), skipped)
     images = torch.stack([image for image, _ in pairs])
     masks = [mask for _, mask in pairs]
     if any(mask is None for mask in masks):
-        return images, None
-    for sample, mask in zip(samples, masks):
+        return kept, images, None, skipped
+    for sample, mask in zip(kept, masks):
         if not bool(mask.any()):
             raise click.ClickException(
                 f"{sample.source}: its mask is empty after resizing to "
                 f"{loaded.input_size}x{loaded.input_size}. Give every mask object pixels "
                 f"(non-zero), or remove the mask files to skip the localisation metrics."
             )
-    return images, torch.stack(masks)
+    return kept, images, torch.stack(masks), skipped
 
 
 def _predict(loaded: LoadedModel, images: Tensor, chunk: int) -> Tensor:
-    with torch.no_grad():
+    with reported_errors(f"--model {loaded.name} failed on the {images.shape[0]} images",
+                         fix="Fix the model's forward, or check --input-size and "
+                             "--normalization;", memory="lower --chunk-size"), torch.no_grad():
         return torch.cat([loaded.model(images[i:i + chunk].to(loaded.device)).argmax(dim=1)
                           for i in range(0, images.shape[0], chunk)]).cpu()
 
 
-@contextlib.contextmanager
-def _progress(quiet: bool) -> Iterator[Callable[[str], None]]:
-    if quiet or not sys.stderr.isatty():
-        yield lambda text: None
-        return
-    yield lambda text: click.echo(f"  {text}", err=True)
+class _Reused:
+    """``explain(input, target, params=None)`` that answers a call identical to one of the
+    first ``keep`` calls (equal input and target, no params) with that call's attribution.
+
+    ``funcattr evaluate`` runs one metric per step; the first step of a method computes the
+    attributions of the images, and the method's other metrics reuse them instead of
+    computing them again. The explainers are deterministic functions of their input (the
+    noise of SmoothGrad comes from a fixed seed), so the results are those of one call with
+    every metric.
+    """
+
+    def __init__(self, explain: Callable, keep: int) -> None:
+        self.explain, self.keep = explain, keep
+        self.calls: list[tuple[Tensor, Tensor, Tensor]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "explain":  # not set yet
+            raise AttributeError(name)
+        return getattr(self.explain, name)  # e.g. .params, which randomisation metrics read
+
+    def __call__(self, input: Tensor, target: Tensor, params: Any = None) -> Tensor:
+        if params is not None:
+            return self.explain(input, target, params=params)
+        for known, known_target, attribution in self.calls:
+            if (known.shape == input.shape and known_target.shape == target.shape
+                    and torch.equal(known, input) and torch.equal(known_target, target)):
+                return attribution.clone()
+        attribution = self.explain(input, target)
+        if len(self.calls) < self.keep:
+            self.calls.append((input.clone(), target.clone(), attribution.clone()))
+        return attribution
 
 
 def _finite(value: float) -> float | None:
@@ -318,20 +364,24 @@ def _finite(value: float) -> float | None:
 
 
 def _merge(parts: list[Any]) -> Any:
-    first = parts[0]
+    """One table from the tables of the steps (one method and one metric each)."""
+    values: dict[str, dict[str, Tensor]] = {}
+    higher: dict[str, bool] = {}
+    curves: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        for name, row in part.values.items():
+            values.setdefault(name, {}).update(row)
+        higher.update(part.higher_is_better)
+        for metric, by_name in part.curves.items():
+            curves.setdefault(metric, {}).update(by_name)
     return EvaluationTable(
-        attributors=tuple(name for part in parts for name in part.attributors),
-        columns=first.columns,
-        values={name: row for part in parts for name, row in part.values.items()},
-        higher_is_better=first.higher_is_better,
-        curves={metric: {name: curve for part in parts
-                         for name, curve in part.curves.get(metric, {}).items()}
-                for metric in first.curves},
+        attributors=tuple(dict.fromkeys(name for part in parts for name in part.attributors)),
+        columns=tuple(dict.fromkeys(column for part in parts for column in part.columns)),
+        values=values, higher_is_better=higher, curves=curves,
     )
 
 
-@main.command(name="evaluate",
-              short_help="Tabulate metrics of explanation methods (on the demo by default).")
+@main.command(name="evaluate", short_help=COMMANDS["evaluate"][1])
 @image_arguments
 @model_options
 @click.option("--attributor", "-a", "attributors", multiple=True, metavar="NAME[:COMPOSITE]",
@@ -357,8 +407,9 @@ def _merge(parts: list[Any]) -> Any:
               help="Seed with score * one-hot instead of one-hot (LRP relevance sums to the "
                    "score).")
 @click.option("--canonizer", default="auto", show_default=True,
-              help="For methods with a composite: auto (by architecture), none, or canonizer "
-                   "names (comma-separated).")
+              help="For methods with a composite: auto (the registered canonizer that fits "
+                   "the architecture), none, or names from `funcattr list canonizers` "
+                   "(comma-separated).")
 @attributor_options
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the metrics' random draws (the same for every method) and of the "
@@ -395,21 +446,28 @@ def run_evaluate(ctx: click.Context, **options: Any) -> dict:
     if options["samples"] is not None and options["images"]:
         raise click.UsageError("--samples chooses demo images; it does not apply to IMAGES.")
     output_dir: Path = options["output"]
-    if output_dir.exists() and not output_dir.is_dir():
-        raise click.BadParameter(f"{output_dir} exists and is not a folder. Choose another "
-                                 f"output folder.", param_hint="--output")
-    loaded = model_from_options(options)
+    curves = [name for name, spec in METRIC_SPECS.items() if spec.curves]
     if options["images"]:
-        samples = collect_samples(options["images"], recursive=options["recursive"],
-                                  exclude=output_dir)
+        found = collect_samples(options["images"], recursive=options["recursive"],
+                                exclude=output_dir, allow_large=options["allow_large_images"])
+    else:
+        found = demo_samples(with_labels=options["model"] in DEMO_MODELS,
+                             count=options["samples"])
+    staging = Staging(output_dir, _JSON_FILE, _TOOL_TAG)
+    staging.check([_TABLE_CSV, _TABLE_MD, _JSON_FILE,  # before any work
+                   *(f"{m}.png" for m in curves if m in metrics and options["plot"])])
+    loaded = model_from_options(options)
+    samples, images, masks, skipped = _load_images(
+        [s for s in found if s.problem is None], loaded, options["allow_large_images"])
+    skipped = [s for s in found if s.problem is not None and s not in skipped] + skipped
+    if options["images"]:
         source = f"{len(samples)} images"
     else:
-        samples = demo_samples(with_labels=loaded.name == "demo", count=options["samples"])
         which = "shipped" if options["samples"] is None else "generated test"
         source = f"{len(samples)} {which} demo images"
-    images, masks = _load_images(samples, loaded)
 
-    notes: list[str] = []
+    notes = [f"skipped {s.source}: {s.problem}" for s in skipped]
+    notes += [f"{s.source}: {s.conversion}" for s in samples if s.conversion]
     localisation = [m for m in metrics if METRIC_SPECS[m].needs_masks]
     if masks is None and localisation:
         missing = sum(s.mask is None for s in samples)
@@ -424,7 +482,6 @@ def run_evaluate(ctx: click.Context, **options: Any) -> dict:
         metrics = tuple(m for m in metrics if not METRIC_SPECS[m].needs_masks)
         notes.append(f"skipped {', '.join(localisation)}: {why}")
     metric_options = parse_options(options["metric_options"], metrics)
-    curves = [name for name, spec in METRIC_SPECS.items() if spec.curves]
     plots = {m: f"{m}.png" for m in curves if m in metrics} if options["plot"] else {}
     if options["plot"] and not plots:
         raise click.UsageError(
@@ -462,21 +519,28 @@ def run_evaluate(ctx: click.Context, **options: Any) -> dict:
             )
 
     planned = [_TABLE_CSV, _TABLE_MD, _JSON_FILE, *plots.values()]
-    check_replaceable(output_dir, planned, _JSON_FILE, _TOOL_TAG)
 
     device = loaded.device
     x = images.to(device)
     y = target.to(device)
     m = masks.to(device) if masks is not None else None
     parts, seconds = [], {}
-    with _progress(quiet) as say:
-        for index, (name, explain) in enumerate(explainers.items()):
-            say(f"[{index + 1}/{len(explainers)}] {name}")
+    keep = len(range(0, x.shape[0], chunk))  # the calls of a method's attributions
+    progress = Progress(len(explainers) * len(metrics), "funcattr evaluate", "steps",
+                        quiet=quiet, bar=False)
+    with progress:
+        for name, explain in explainers.items():
             tick = time.perf_counter()
-            with reported_errors(f"evaluating {name} on --model {loaded.name}"):
-                parts.append(evaluate(loaded.model, x, y, m, {name: explain}, metrics,
-                                      seed=options["seed"], chunk_size=chunk,
-                                      num_classes=loaded.num_classes, options=metric_options))
+            reused = _Reused(explain, keep)
+            for metric in metrics:  # one step per metric: progress also inside long methods
+                progress.step(f"{name}: {metric}")
+                with reported_errors(f"evaluating {name} on --model {loaded.name}"):
+                    parts.append(evaluate(
+                        loaded.model, x, y, m, {name: reused}, [metric], seed=options["seed"],
+                        chunk_size=chunk, num_classes=loaded.num_classes,
+                        options={k: v for k, v in metric_options.items() if k == metric},
+                    ))
+                progress.advance()
             seconds[name] = round(time.perf_counter() - tick, 3)
     table = _merge(parts)
 
@@ -515,12 +579,11 @@ def run_evaluate(ctx: click.Context, **options: Any) -> dict:
                   for row in table.rows()},
         "values": {name: {c: [_finite(float(v)) for v in table.values[name][c].tolist()]
                           for c in table.columns} for name in table.attributors},
+        "skipped": [{"source": s.source, "reason": s.problem} for s in skipped],
         "seconds": seconds,
-        "files": planned,
     }
 
-    staging = Staging(output_dir, _JSON_FILE, _TOOL_TAG)
-    try:
+    with staging:
         write_table(table, path_csv=staging.path(_TABLE_CSV))
         staging.path(_TABLE_MD).write_text(rendered, encoding="utf-8")
         for metric, file in plots.items():
@@ -534,13 +597,11 @@ def run_evaluate(ctx: click.Context, **options: Any) -> dict:
                     f"--plot needs matplotlib ({error}); install it with pip install "
                     f"'funcattr[plot]' (or pip install matplotlib)."
                 ) from error
+        record["files"] = staging.manifest()
         record["seconds_total"] = round(time.perf_counter() - started, 3)
         staging.path(_JSON_FILE).write_text(json.dumps(record, indent=2) + "\n",
                                             encoding="utf-8")
         staging.commit()
-    except BaseException:
-        staging.discard()
-        raise
 
     if not quiet:
         correct = "" if accuracy is None else f", {accuracy:.0%} predicted correctly"

@@ -6,14 +6,12 @@ explains the built-in demo model on its shipped sample images. See ``docs/cli.md
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
 import json
 import re
-import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +30,7 @@ from funcattr.cli.attributors import (
     image_window,
 )
 from funcattr.cli.canonizers import resolve_canonizers
-from funcattr.cli.group import main
+from funcattr.cli.group import COMMANDS, main
 from funcattr.cli.heatmaps import (
     COLORBAR_LABELS,
     RELEVANCE_NORMS,
@@ -40,28 +38,42 @@ from funcattr.cli.heatmaps import (
     normalize_relevance,
     positive_fraction_in_mask,
 )
-from funcattr.cli.models import LoadedModel
+from funcattr.cli.models import DEMO_MODELS, LoadedModel
 from funcattr.cli.options import (
     AttributorChoice,
+    FiniteFloatRange,
     attributor_option_names,
     attributor_options,
     attributor_settings,
     attributor_values,
+    check_composite_use,
     check_option_use,
     input_options,
     model_from_options,
     model_options,
 )
 from funcattr.cli.output import Staging, png_bytes, reported_errors
-from funcattr.cli.samples import collect_samples, demo_samples, load_sample
+from funcattr.cli.progress import Progress
+from funcattr.cli.samples import (
+    Sample,
+    collect_samples,
+    demo_samples,
+    load_samples,
+    none_readable,
+)
 from funcattr.functional import functionalize
 from funcattr.image import CMAPS, get_cmap, imgify
 from funcattr.report import HeatmapEntry, ReportEntry, render_report
 
-__all__ = ["NEAR_MASK_PIXELS", "TargetSpec", "explain", "run_explain"]
+__all__ = ["NEAR_MASK_PIXELS", "STEP_PIXELS", "TargetSpec", "auto_batch_size", "explain",
+           "run_explain"]
 
 #: ``fraction_near_mask`` counts relevance within this many pixels of the object mask.
 NEAR_MASK_PIXELS = 2
+#: ``--batch-size`` by default holds about this many input pixels per channel (16 images of
+#: 64x64, one of 224x224): large images are explained one at a time, so that progress is
+#: reported per image where a step takes long.
+STEP_PIXELS = 1 << 16
 _SUMMARY_FILE = "summary.json"
 _TOOL_TAG = "funcattr explain"
 
@@ -118,7 +130,7 @@ def _check_cmap(ctx, param, value):
 
 
 
-@main.command()
+@main.command(name="explain", short_help=COMMANDS["explain"][1])
 @input_options
 @model_options
 @click.option("--composite", "-c", default="auto", show_default=True,
@@ -127,7 +139,8 @@ def _check_cmap(ctx, param, value):
 @click.option("--attributor", "-a", type=AttributorChoice(), default="gradient",
               show_default=True, help="How to attribute (see `funcattr list attributors`).")
 @click.option("--canonizer", default="auto", show_default=True,
-              help="auto (by architecture), none, or canonizer names (comma-separated).")
+              help="auto (the registered canonizer that fits the architecture), none, or "
+                   "names from `funcattr list canonizers` (comma-separated).")
 @click.option("--target", "-t", type=TargetType(), default="pred", show_default=True,
               help="Class to explain: pred (the prediction), an index, a class name, or topK "
                    "for the K best classes (K heatmaps per image).")
@@ -142,7 +155,7 @@ def _check_cmap(ctx, param, value):
               help=f"{' and '.join(n for n, s in ATTRIBUTORS.items() if s.random)}: noise seed.")
 @click.option("--cmap", default="bwr", show_default=True, callback=_check_cmap,
               help="Colour map: a name from `funcattr list cmaps` or a spec like 00f,80:fff,f00.")
-@click.option("--level", type=click.FloatRange(min=0, min_open=True), default=1.0,
+@click.option("--level", type=FiniteFloatRange(min=0, min_open=True), default=1.0,
               show_default=True, help="Colour-map contrast around the centre.")
 @click.option("--relevance-norm", type=click.Choice(RELEVANCE_NORMS), default="symmetric",
               show_default=True, help="How heatmaps are scaled to the colour map.")
@@ -168,16 +181,20 @@ def run_explain(ctx: click.Context, **options: Any) -> dict:
     spec = ATTRIBUTORS[attributor]
     check_option_use(ctx, [attributor],
                      [*attributor_option_names(), "seed", "chunk_size"], f"not {attributor}")
+    check_composite_use(ctx, [attributor])
     quiet = options["quiet"]
     started = time.perf_counter()
     output_dir: Path = options["output"]
-    loaded = model_from_options(options)
+    target: TargetSpec = options["target"]
+    count = target.count()
     if options["images"]:
         samples = collect_samples(options["images"], recursive=options["recursive"],
-                                  exclude=output_dir)
+                                  exclude=output_dir, allow_large=options["allow_large_images"])
     else:
-        samples = demo_samples(with_labels=loaded.name == "demo")
-    target: TargetSpec = options["target"]
+        samples = demo_samples(with_labels=options["model"] in DEMO_MODELS)
+    staging = Staging(output_dir, _SUMMARY_FILE, _TOOL_TAG)
+    staging.check(_planned(samples, count, options["relevance_format"]))  # before any work
+    loaded = model_from_options(options)
     target = _resolve_target(target, loaded)
     composite, composite_text = build_composite(options["composite"], loaded, attributor)
     canonizers, canonizer_text = resolve_canonizers(options["canonizer"], loaded)
@@ -191,16 +208,6 @@ def run_explain(ctx: click.Context, **options: Any) -> dict:
             f"--composite {composite_text} / --canonizer {canonizer_text} do not fit --model "
             f"{loaded.name}: {error} Choose another --composite or --canonizer."
         ) from error
-
-    count = target.count()
-    names = [s.name for s in samples]
-    planned = ["report.html", _SUMMARY_FILE]
-    planned += [f"heatmaps/{_heatmap_name(n, r, count)}" for n in names for r in range(count)]
-    planned += [f"inputs/{n}.png" for n in names]
-    if options["relevance_format"] == "npz":
-        planned.append("relevance.npz")
-    elif options["relevance_format"] == "npy":
-        planned += [f"relevance/{n}.npy" for n in names]
 
     settings = {
         "model": loaded.name,
@@ -222,25 +229,33 @@ def run_explain(ctx: click.Context, **options: Any) -> dict:
     if spec.random:
         settings["noise seed"] = options["seed"]
 
-    staging = Staging(output_dir, _SUMMARY_FILE, _TOOL_TAG)
-    try:
-        staging.check_replaceable(planned)
-        records, relevance_all, report_entries = _explain_all(
+    with staging:
+        records, relevance_all, report_entries, skipped = _explain_all(
             samples, loaded, fn, params, target, staging, options, values, quiet=quiet,
         )
         if options["relevance_format"] == "npz":
             np.savez(
                 staging.path("relevance.npz"),
                 relevance=np.stack(relevance_all),
-                names=np.array(names),
+                names=np.array([r["name"] for r in records]),
                 targets=np.array([[t["index"] for t in r["targets"]] for r in records]),
             )
+        notes = [f"skipped {s.source}: {s.problem}" for s in skipped]
+        notes += [f"{r['source']}: {r['conversion']}" for r in records if r["conversion"]]
+        staging.path("report.html").write_text(
+            render_report(
+                report_entries, settings, title=f"funcattr explain: {loaded.name}",
+                colorbar_png=colorbar_png(options["cmap"], options["level"]),
+                colorbar_labels=COLORBAR_LABELS[options["relevance_norm"]], notes=notes,
+            ),
+            encoding="utf-8",
+        )
         summary = {
             "tool": _TOOL_TAG,
             "settings": settings,
             "class_names": list(loaded.class_names) if loaded.class_names else None,
             "images": records,
-            "seconds": round(time.perf_counter() - started, 3),
+            "skipped": [{"source": s.source, "reason": s.problem} for s in skipped],
         }
         fractions = [r["targets"][0]["fraction_in_mask"] for r in records
                      if r["targets"][0]["fraction_in_mask"] is not None]
@@ -253,23 +268,29 @@ def run_explain(ctx: click.Context, **options: Any) -> dict:
             summary["mean_mask_area"] = float(np.mean(
                 [r["mask_area"] for r in records if r.get("mask_area") is not None]
             ))
+        summary["files"] = staging.manifest()
+        summary["seconds"] = round(time.perf_counter() - started, 3)
         staging.path(_SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n",
                                                encoding="utf-8")
-        staging.path("report.html").write_text(
-            render_report(
-                report_entries, settings, title=f"funcattr explain: {loaded.name}",
-                colorbar_png=colorbar_png(options["cmap"], options["level"]),
-                colorbar_labels=COLORBAR_LABELS[options["relevance_norm"]],
-            ),
-            encoding="utf-8",
-        )
         staging.commit()
-    except BaseException:
-        staging.discard()
-        raise
     if not quiet:
+        for note in notes:
+            click.echo(f"note: {note}", err=True)
         _print_summary(summary, output_dir, options["relevance_format"])
     return summary
+
+
+def _planned(samples: Sequence[Sample], count: int, relevance_format: str) -> list[str]:
+    """The files a run on ``samples`` writes (to name a clash before any work)."""
+    names = [s.name for s in samples if s.problem is None]
+    planned = ["report.html", _SUMMARY_FILE]
+    planned += [f"heatmaps/{_heatmap_name(n, r, count)}" for n in names for r in range(count)]
+    planned += [f"inputs/{n}.png" for n in names]
+    if relevance_format == "npz":
+        planned.append("relevance.npz")
+    elif relevance_format == "npy":
+        planned += [f"relevance/{n}.npy" for n in names]
+    return planned
 
 
 def _heatmap_name(name: str, rank: int, count: int) -> str:
@@ -310,18 +331,16 @@ def _describe_target(target: TargetSpec, loaded: LoadedModel) -> str:
     return f"class {target.value} ({loaded.class_name(int(target.value))})"
 
 
-@contextlib.contextmanager
-def _progress(length: int, quiet: bool, label: str) -> Iterator[Callable[[int], None]]:
-    if quiet or length == 0 or not sys.stderr.isatty():
-        yield lambda n: None
-        return
-    with click.progressbar(length=length, label=label, file=sys.stderr) as bar:
-        yield bar.update
-
-
 def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
+
+
+def auto_batch_size(input_size: int) -> int:
+    """``--batch-size`` by default: about :data:`STEP_PIXELS` input pixels per step (16 images
+    at 64x64, one at 224x224), so that progress is reported per image where images are large
+    and steps are slow."""
+    return max(1, min(16, STEP_PIXELS // (input_size * input_size)))
 
 
 def _explain_all(samples, loaded, fn, params, target, staging, options, values, *, quiet):
@@ -329,19 +348,33 @@ def _explain_all(samples, loaded, fn, params, target, staging, options, values, 
     attributor = options["attributor"]
     times_output = options["times_output"] or ATTRIBUTORS[attributor].scores
     records, relevance_all, entries = [], [], []
+    skipped = [s for s in samples if s.problem is not None]
+    readable = [s for s in samples if s.problem is None]
     # one noise stream for the whole run: batches get fresh noise, runs repeat exactly
     generator = torch.Generator(device=loaded.device).manual_seed(options["seed"])
-    with _progress(len(samples) * count, quiet, f"{attributor} on {len(samples)} images") as tick:
-        for batch in _batches(samples, options["batch_size"]):
-            loaded_batch = [load_sample(s, loaded.input_size, loaded.resize) for s in batch]
+    step = options["batch_size"] or auto_batch_size(loaded.input_size)
+    progress = Progress(len(readable), f"{attributor} on {len(readable)} images", "images",
+                        quiet=quiet)
+    with progress:
+        for batch in _batches(readable, step):
+            kept, loaded_batch, unreadable = load_samples(
+                batch, loaded.input_size, loaded.resize,
+                allow_large=options["allow_large_images"])
+            skipped += unreadable
+            if not kept:
+                progress.advance(len(batch))
+                continue
             x = torch.stack([image for image, _ in loaded_batch]).to(loaded.device)
-            with torch.no_grad():
+            with reported_errors(f"--model {loaded.name} failed on {_which(kept)}",
+                                 fix="Fix the model's forward, or check --input-size and "
+                                     "--normalization;",
+                                 memory="lower --batch-size"), torch.no_grad():
                 logits = loaded.model(x)
             probabilities = torch.softmax(logits.double(), dim=1)
             if target.kind == "top":
                 chosen = logits.topk(int(target.value), dim=1).indices
             elif target.kind == "index":
-                chosen = torch.full((len(batch), 1), int(target.value), device=loaded.device)
+                chosen = torch.full((len(kept), 1), int(target.value), device=loaded.device)
             else:
                 chosen = logits.argmax(dim=1, keepdim=True)
             relevance = []
@@ -357,9 +390,8 @@ def _explain_all(samples, loaded, fn, params, target, staging, options, values, 
                         chunk_size=options["chunk_size"] or auto_chunk_size(x), **values,
                     )
                 relevance.append(attribution.detach().float().cpu())
-                tick(len(batch))
             relevance_batch = torch.stack(relevance, dim=1).numpy()  # (B, K, C, H, W)
-            for row, sample in enumerate(batch):
+            for row, sample in enumerate(kept):
                 image, mask = loaded_batch[row]
                 records.append(_record_one(
                     sample, image, mask, relevance_batch[row], chosen[row].tolist(),
@@ -369,7 +401,15 @@ def _explain_all(samples, loaded, fn, params, target, staging, options, values, 
                     relevance_all.append(relevance_batch[row])
                 elif options["relevance_format"] == "npy":
                     np.save(staging.path(f"relevance/{sample.name}.npy"), relevance_batch[row])
-    return records, relevance_all, entries
+            progress.advance(len(batch))
+    if not records:
+        raise none_readable(len(samples), skipped)
+    return records, relevance_all, entries, skipped
+
+
+def _which(samples: Sequence[Sample]) -> str:
+    names = ", ".join(s.source for s in samples[:2])
+    return f"{names}{', ...' if len(samples) > 2 else ''} ({len(samples)} images)"
 
 
 def _record_one(sample, image, mask, relevance, chosen, logits, probabilities, loaded, staging,
@@ -388,6 +428,7 @@ def _record_one(sample, image, mask, relevance, chosen, logits, probabilities, l
                       "probability": float(probabilities[predicted]),
                       "logit": float(logits[predicted])},
         "mask_area": float(mask_np.mean()) if mask_np is not None else None,
+        "conversion": sample.conversion,
         "targets": [],
     }
     heatmaps = []
@@ -428,7 +469,7 @@ def _print_summary(summary: dict, output_dir: Path, relevance_format: str) -> No
     click.echo(
         f"funcattr explain: {len(records)} images, model {settings['model']}, attributor "
         f"{settings['attributor']}, composite {settings['composite']}, canonizer "
-        f"{settings['canonizer']}"
+        f"{settings['canonizer']}, target {settings['target']}"
     )
     has_masks = any(r["mask_area"] is not None for r in records)
     has_truth = any(r["true_class"] is not None for r in records)

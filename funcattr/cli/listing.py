@@ -9,9 +9,10 @@ import textwrap
 import click
 
 from funcattr.attribution.registry import ATTRIBUTORS
-from funcattr.cli.canonizers import available_canonizers
-from funcattr.cli.group import main
-from funcattr.cli.models import AUTO_CANONIZERS, torchvision_names
+from funcattr.canonizers import CANONIZERS
+from funcattr.cli.canonizers import buildable
+from funcattr.cli.group import COMMANDS, main
+from funcattr.cli.models import torchvision_names
 from funcattr.composites import COMPOSITES
 from funcattr.image import CMAPS
 
@@ -30,7 +31,7 @@ def _wrapped(text: str) -> None:
     click.echo(textwrap.fill(text, width=100, initial_indent="  ", subsequent_indent="    "))
 
 
-@main.command(name="list")
+@main.command(name="list", short_help=COMMANDS["list"][1])
 @click.argument("what", required=False, type=click.Choice(_LIST_WHAT))
 def list_command(what: str | None) -> None:
     """Show the registered composites, attributors, canonizers, colour maps and models."""
@@ -49,14 +50,17 @@ def list_command(what: str | None) -> None:
             if aliases:
                 _wrapped(f"(old names that still work: {', '.join(aliases)})")
         elif section == "canonizers":
-            found = available_canonizers()
-            if not found:
-                click.echo("  (none available)")
-            for name, cls in found.items():
-                click.echo(f"  {name:<28} {_first_line(cls)}")
-            automatic = ", ".join(f"{family}*: {' or '.join(options)}"
-                                  for family, options in AUTO_CANONIZERS.items())
-            _wrapped(f"(--canonizer auto picks by architecture, if available: {automatic})")
+            for name, spec in CANONIZERS.items():
+                text = _first_line(spec.load())
+                if not buildable(spec):
+                    text += (f" [needs {', '.join(spec.arguments())}: Python only, "
+                             f"funcattr.get_canonizer({name!r}, ...)]")
+                click.echo(f"  {name:<28} {text}")
+            automatic = [name for name, spec in CANONIZERS.items() if spec.auto]
+            _wrapped("(names are case-insensitive and may be written as class names, e.g. "
+                     "ResNetCanonizer; --canonizer auto takes the first of "
+                     f"{', '.join(automatic)} that fits the model, as "
+                     "funcattr.canonizers_for does)")
         elif section == "cmaps":
             for name in CMAPS:
                 click.echo(f"  {name:<28} {CMAPS[name].source}")
@@ -65,5 +69,7 @@ def list_command(what: str | None) -> None:
             click.echo(f"  {'demo':<28} the built-in shape classifier (default)")
             _wrapped("torchvision (with --weights FILE): " + ", ".join(torchvision_names()))
             click.echo("  or MODULE:FACTORY / FILE.py:FACTORY returning a torch.nn.Module")
+            click.echo("  or FILE.pt holding a model saved with torch.save(model) (with "
+                       "--allow-pickle)")
         if len(sections) > 1 and section != sections[-1]:
             click.echo()

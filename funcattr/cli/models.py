@@ -1,6 +1,11 @@
 """Models for the ``funcattr`` command: the demo, torchvision architectures by name (with
-``--weights``), ``module:factory`` callables; weights checked against the architecture, class
-names, input normalisation and devices. Errors are ``click`` errors naming the option."""
+``--weights``), ``module:factory`` callables, whole models saved with ``torch.save(model)``
+(with ``--allow-pickle``); weights checked against the architecture, class names, input
+normalisation and devices. Errors are ``click`` errors naming the option.
+
+A user's module is imported as ``python -m`` would: the working folder (and, for
+``path/to/file.py:FACTORY``, the file's folder) is on ``sys.path``.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import dataclasses
 import difflib
 import importlib
 import importlib.util
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,21 +22,18 @@ import click
 import torch
 from torch import Tensor, nn
 
+from funcattr.cli.output import first_line
+
 #: ImageNet statistics used by torchvision's pretrained classifiers.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-#: Canonizers chosen by ``--canonizer auto``: architecture family -> candidate class names
-#: (the first one available wins); the keys are the families :func:`family_of` knows.
-AUTO_CANONIZERS: dict[str, tuple[str, ...]] = {
-    "demo": ("VGGCanonizer", "SequentialMergeBatchNorm"),
-    "vgg": ("VGGCanonizer", "SequentialMergeBatchNorm"),
-    "resnet": ("ResNetCanonizer",),
-    "resnext": ("ResNetCanonizer",),
-    "wide_resnet": ("ResNetCanonizer",),
-    "densenet": ("DenseNetCanonizer",),
-    "mobilenet_v2": ("MobileNetV2Canonizer", "MobileNetCanonizer"),
-    "mobilenet_v3": ("MobileNetV3Canonizer", "MobileNetCanonizer"),
-}
+#: The built-in models of ``--model``: the CNN and the ViT trained on the demo shapes.
+DEMO_MODELS = ("demo", "demo-vit")
+#: ``--model FILE`` with one of these suffixes is a whole model saved with ``torch.save(model)``.
+MODEL_FILE_SUFFIXES = (".pt", ".pth", ".pkl", ".ckpt")
+#: Why a whole saved model needs ``--allow-pickle`` (the end of the messages that ask for it).
+PICKLE_RISK = ("loading it runs code stored in the file (torch.load with weights_only=False), "
+               "so only do it for files you trust")
 
 
 class InputNormalization(nn.Module):
@@ -74,8 +77,6 @@ class LoadedModel:
         Bounds of the first layer's input for the ZBox rule (per channel if normalised).
     normalization : tuple or None
         ``(mean, std)`` applied by an :class:`InputNormalization` in front of the model.
-    family : str or None
-        Architecture family, for ``--canonizer auto``.
     weights : str
         Where the weights came from.
     device : torch.device
@@ -91,7 +92,6 @@ class LoadedModel:
     low: float | Tensor
     high: float | Tensor
     normalization: tuple[tuple[float, ...], tuple[float, ...]] | None
-    family: str | None
     weights: str
     device: torch.device
 
@@ -109,12 +109,23 @@ def torchvision_names() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
-def family_of(name: str) -> str | None:
-    """The architecture family of a torchvision name (a key of :data:`AUTO_CANONIZERS`)."""
-    for family in sorted(AUTO_CANONIZERS, key=len, reverse=True):
-        if name.startswith(family):
-            return family
-    return None
+def working_folder_importable(*folders: Path) -> None:
+    """Put ``folders`` and the working folder on ``sys.path`` (first, as ``python -m`` does),
+    so that ``-m models.net:build`` and whole saved models import the user's modules without
+    ``PYTHONPATH``. They stay there: the model may import more when it runs."""
+    for folder in (*folders, Path.cwd()):  # the working folder ends up first
+        entry = str(folder.resolve())
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+
+
+def check_regular_file(path: Path, option: str, what: str) -> None:
+    """Refuse anything but a regular file (a named pipe would block the read forever)."""
+    if not path.exists():
+        raise click.BadParameter(f"{path}: no such file. Check the path.", param_hint=option)
+    if not path.is_file():
+        kind = "a folder" if path.is_dir() else "not a regular file (a pipe or device)"
+        raise click.BadParameter(f"{path}: {kind}. Pass {what}.", param_hint=option)
 
 
 def _load_factory(spec: str) -> nn.Module:
@@ -130,17 +141,19 @@ def _load_factory(spec: str) -> nn.Module:
             if not path.is_file():
                 raise click.BadParameter(f"{spec!r}: no such file {path}. Check the path.",
                                          param_hint="--model")
+            working_folder_importable(path.parent)
             module_spec = importlib.util.spec_from_file_location(path.stem, path)
             module = importlib.util.module_from_spec(module_spec)
             module_spec.loader.exec_module(module)
         else:
+            working_folder_importable()
             module = importlib.import_module(module_name)
     except click.BadParameter:
         raise
     except Exception as error:  # the user's module failed to import: say so in one line
         raise click.BadParameter(
             f"{spec!r}: cannot import {module_name} ({type(error).__name__}: {error}). Fix the "
-            f"module, or check that it is on the Python path.",
+            f"module, or check that it is importable from the working folder {Path.cwd()}.",
             param_hint="--model",
         ) from error
     obj: Any = module
@@ -174,16 +187,25 @@ def _load_factory(spec: str) -> nn.Module:
     return obj
 
 
+def _pickled(error: Exception) -> bool:
+    """Whether ``torch.load(weights_only=True)`` failed on a pickled object (a whole model)."""
+    return "Weights only load failed" in str(error)
+
+
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
     """Read a state_dict (or a checkpoint holding one under 'state_dict' or 'model')."""
-    if not path.is_file():
-        raise click.BadParameter(f"{path}: no such file. Check the path.", param_hint="--weights")
+    check_regular_file(path, "--weights", "a state_dict file saved with torch.save")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if _pickled(error):
+            raise click.BadParameter(
+                f"{path}: holds a pickled object, not a state_dict; a whole model saved with "
+                f"torch.save(model) is passed as --model {path} --allow-pickle ({PICKLE_RISK}). "
+                f"Or save torch.save(model.state_dict(), FILE).", param_hint="--weights",
+            ) from error
         raise click.BadParameter(
-            f"{path}: not a PyTorch state_dict file ({first[:200]}). Save weights with "
+            f"{path}: not a PyTorch state_dict file ({first_line(error, 200)}). Save weights with "
             f"torch.save(model.state_dict(), FILE).",
             param_hint="--weights",
         ) from error
@@ -203,6 +225,43 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     if all(k.startswith("module.") for k in state):  # saved from DataParallel
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
+
+
+def _load_whole_model(path: Path, allow_pickle: bool) -> nn.Module:
+    """A model saved whole with ``torch.save(model)``; unpickled only with ``allow_pickle``."""
+    check_regular_file(path, "--model", "a model file saved with torch.save(model)")
+    state_dict_hint = (f"Pass the architecture as --model (a torchvision name or "
+                       f"MODULE:FACTORY) and the file as --weights {path}.")
+    try:
+        if not allow_pickle:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            working_folder_importable(path.parent)
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:
+        if _pickled(error):
+            raise click.BadParameter(
+                f"{path} holds a pickled model (torch.save(model)); if you trust the file, "
+                f"pass --allow-pickle: {PICKLE_RISK}. Or save torch.save(model.state_dict(), "
+                f"FILE) and pass --model MODULE:FACTORY --weights FILE.", param_hint="--model",
+            ) from error
+        raise click.BadParameter(
+            f"{path}: cannot load the model ({type(error).__name__}: {first_line(error, 200)}). "
+            f"Check that "
+            f"the modules its classes come from are importable from the working folder "
+            f"{Path.cwd()}.", param_hint="--model",
+        ) from error
+    if isinstance(obj, dict) and isinstance(obj.get("model"), nn.Module):
+        obj = obj["model"]  # a checkpoint dict holding the model
+    if isinstance(obj, dict):
+        raise click.BadParameter(f"{path} holds a state_dict, not a model. {state_dict_hint}",
+                                 param_hint="--model")
+    if not isinstance(obj, nn.Module):
+        raise click.BadParameter(
+            f"{path}: expected a torch.nn.Module saved with torch.save(model), got "
+            f"{type(obj).__name__}. Save the model itself.", param_hint="--model",
+        )
+    return obj
 
 
 def _fit_weights(model: nn.Module, state: dict[str, Tensor], path: Path, name: str) -> None:
@@ -244,6 +303,7 @@ def _torchvision_class_names(name: str, num_classes: int) -> tuple[str, ...] | N
 
 
 def _read_class_names(path: Path) -> tuple[str, ...]:
+    check_regular_file(path, "--class-names", "a text file with one class name per line")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
@@ -294,15 +354,19 @@ def load_model(
     input_size: int | None = None,
     normalization: str = "auto",
     class_names: Path | None = None,
+    allow_pickle: bool = False,
 ) -> LoadedModel:
-    """Load the classifier named by ``--model``: ``demo``, a torchvision name or ``MODULE:FACTORY``.
+    """Load the classifier named by ``--model``: ``demo`` (``demo-vit``), a torchvision name,
+    ``MODULE:FACTORY`` or a file holding a whole model.
 
     Parameters
     ----------
     name : str
         ``demo`` (the built-in model and its shipped weights), a torchvision classification
         architecture (e.g. ``resnet18``; needs ``weights``), or ``MODULE:FACTORY`` /
-        ``FILE.py:FACTORY`` naming a module or a callable returning one.
+        ``FILE.py:FACTORY`` naming a module or a callable returning one (imported from the
+        working folder), or a file ``*.pt``/``*.pth``/``*.pkl``/``*.ckpt`` holding a model
+        saved with ``torch.save(model)`` (needs ``allow_pickle``).
     weights : str or None
         A state_dict file, ``random`` for untrained weights, or None (demo and factories: as
         built; torchvision: an error, nothing is ever downloaded).
@@ -315,32 +379,40 @@ def load_model(
         architectures and none otherwise.
     class_names : pathlib.Path or None
         Text file with one class name per line.
+    allow_pickle : bool
+        Unpickle a whole saved model: this runs code stored in the file, so it is an explicit
+        choice (``--allow-pickle``).
 
     Returns
     -------
     LoadedModel
     """
     device = device if isinstance(device, torch.device) else resolve_device(device)
-    family: str | None = None
     names: tuple[str, ...] | None = None
     weight_path = None if weights in (None, "random") else Path(weights)
     described = "random" if weights == "random" else str(weights) if weights else "as built"
     torchvision_model = False
-    if name == "demo":
+    if name in DEMO_MODELS:  # the CNN and the ViT on the demo shapes
         from funcattr.demo import CLASSES, IMAGE_SIZE, DemoNet, load_demo_model
+        from funcattr.demo.vit import build_demo_vit, load_demo_vit
 
-        family, names = "demo", tuple(CLASSES)
+        names = tuple(CLASSES)
         default_size, default_norm = IMAGE_SIZE, "none"
+        load, build = ((load_demo_model, DemoNet) if name == "demo"
+                       else (load_demo_vit, build_demo_vit))
         if weights is None:
-            model, described = load_demo_model(dtype=torch.float32), "shipped demo weights"
+            model, described = load(dtype=torch.float32), f"shipped {name} weights"
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
-                model = DemoNet(dtype=torch.float32)
+                model = build(dtype=torch.float32)
     elif ":" in name:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             model = _load_factory(name)
+        default_size, default_norm = 224, "none"
+    elif Path(name).suffix.lower() in MODEL_FILE_SUFFIXES:
+        model = _load_whole_model(Path(name), allow_pickle)
         default_size, default_norm = 224, "none"
     else:
         available = torchvision_names()
@@ -349,7 +421,8 @@ def load_model(
             hint = f" Did you mean {', '.join(close)}?" if close else ""
             raise click.BadParameter(
                 f"{name!r} is not a model: expected demo, a torchvision classification "
-                f"architecture (see `funcattr list models`) or MODULE:FACTORY.{hint}",
+                f"architecture (see `funcattr list models`), MODULE:FACTORY or a model file "
+                f"({', '.join('*' + s for s in MODEL_FILE_SUFFIXES)}).{hint}",
                 param_hint="--model",
             )
         if weights is None:
@@ -373,7 +446,7 @@ def load_model(
                 model = torchvision.models.get_model(name, weights=None, **kwargs)
             except (TypeError, ValueError):  # an architecture without num_classes
                 model = torchvision.models.get_model(name, weights=None)
-        family, torchvision_model = family_of(name), True
+        torchvision_model = True
         default_size, default_norm = 224, "imagenet"
     model = model.to(dtype=torch.float32)
     if weight_path is not None:
@@ -401,10 +474,10 @@ def load_model(
         with torch.no_grad():
             output = model(probe)
     except Exception as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise click.ClickException(
             f"--model {name}: the model cannot process a 3x{size}x{size} image "
-            f"({type(error).__name__}: {first[:200]}). Set --input-size to what it expects."
+            f"({type(error).__name__}: {first_line(error, 200)}). Set --input-size to what it "
+            f"expects."
         ) from error
     if not isinstance(output, Tensor) or output.ndim != 2:
         got = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
@@ -426,6 +499,6 @@ def load_model(
     resize = round(size / 0.875) if torchvision_model else size
     return LoadedModel(
         name=name, model=model, input_size=size, resize=resize, num_classes=num_classes,
-        class_names=names, low=low, high=high, normalization=stats, family=family,
+        class_names=names, low=low, high=high, normalization=stats,
         weights=described, device=device,
     )

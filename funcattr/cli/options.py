@@ -8,6 +8,7 @@ help. :func:`check_option_use` refuses an option no chosen attributor uses.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -22,11 +23,13 @@ from funcattr.cli.models import LoadedModel, load_model
 
 __all__ = [
     "AttributorChoice",
+    "FiniteFloatRange",
     "PairType",
     "attributor_option_names",
     "attributor_options",
     "attributor_settings",
     "attributor_values",
+    "check_composite_use",
     "check_option_use",
     "explicit",
     "image_arguments",
@@ -62,6 +65,16 @@ class PairType(click.ParamType):
         return numbers * 2 if len(numbers) == 1 else numbers
 
 
+class FiniteFloatRange(click.FloatRange):
+    """A float range that refuses ``inf`` and ``nan`` (which pass click's range checks)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number. Pass e.g. 1.0.", param, ctx)
+        return number
+
+
 class AttributorChoice(click.Choice):
     """A registered attributor name (read from the registry when used); an old name works,
     with a deprecation note."""
@@ -87,7 +100,7 @@ class AttributorChoice(click.Choice):
 def _click_type(option: AttributorOption) -> click.ParamType:
     return {
         "count": click.IntRange(min=1),
-        "level": click.FloatRange(min=0, min_open=True),
+        "level": FiniteFloatRange(min=0, min_open=True),
         "size": PairType(),
     }[option.kind]
 
@@ -152,6 +165,23 @@ def check_option_use(ctx: click.Context, attributors: Iterable[str], names: Iter
         )
 
 
+def check_composite_use(ctx: click.Context, attributors: Iterable[str]) -> None:
+    """Refuse an explicit ``--composite`` (a composite's name, not auto or none) when none of
+    the chosen ``attributors`` is changed by a composite's rules (occlusion only runs the
+    model forward)."""
+    chosen = list(dict.fromkeys(attributors))
+    value = ctx.params.get("composite")
+    if (not explicit(ctx, "composite") or value in ("auto", "none")
+            or any(ATTRIBUTORS[name].takes_composite for name in chosen)):
+        return
+    users = [name for name, spec in ATTRIBUTORS.items() if spec.takes_composite]
+    raise click.UsageError(
+        f"--composite applies to --attributor {' or '.join(users)}, not "
+        f"{' or '.join(chosen)}: a composite's rules change gradients, and "
+        f"{' or '.join(chosen)} uses none. Leave --composite out."
+    )
+
+
 def attributor_option_names() -> list[str]:
     """The names of the options :func:`attributor_options` adds."""
     return list(_registered_options())
@@ -179,10 +209,16 @@ def model_options(function: Callable) -> Callable:
     options = [
         click.option("--model", "-m", default="demo", show_default=True,
                      help="demo, a torchvision architecture (e.g. resnet18, vgg16_bn; needs "
-                          "--weights) or MODULE:FACTORY / FILE.py:FACTORY returning a module."),
+                          "--weights), MODULE:FACTORY / FILE.py:FACTORY returning a module "
+                          "(imported from the working folder), or FILE.pt holding a whole "
+                          "model (with --allow-pickle)."),
         click.option("--weights", "-w", metavar="FILE|random", default=None,
                      help="state_dict file for the model (never downloaded); 'random' for "
                           "untrained weights."),
+        click.option("--allow-pickle", is_flag=True,
+                     help="Accept --model FILE.pt saved whole with torch.save(model): loading "
+                          "it runs code stored in the file (torch.load(weights_only=False)); "
+                          "only for files you trust."),
         click.option("--input-size", type=click.IntRange(min=8), default=None,
                      help="Side of the square model input [demo: 64, others: 224]."),
         click.option("--normalization", type=click.Choice(["auto", "imagenet", "none"]),
@@ -204,7 +240,7 @@ def model_from_options(options: dict[str, Any]) -> LoadedModel:
     return load_model(
         options["model"], options["weights"], device=options["device"],
         input_size=options["input_size"], normalization=options["normalization"],
-        class_names=options["class_names"],
+        class_names=options["class_names"], allow_pickle=options["allow_pickle"],
     )
 
 
@@ -214,6 +250,9 @@ def image_arguments(function: Callable) -> Callable:
         click.argument("images", nargs=-1, type=click.Path(path_type=Path)),
         click.option("--recursive", "-r", is_flag=True,
                      help="Search folders recursively (default: only the folder itself)."),
+        click.option("--allow-large-images", is_flag=True,
+                     help="Read images above Pillow's decompression-bomb limit (about 89 "
+                          "megapixels), e.g. large scans you trust."),
     ]
     for option in reversed(options):
         function = option(function)
@@ -222,6 +261,7 @@ def image_arguments(function: Callable) -> Callable:
 
 def input_options(function: Callable) -> Callable:
     """The image arguments and ``--batch-size`` (shared by subcommands)."""
-    function = click.option("--batch-size", "-b", type=click.IntRange(min=1), default=16,
-                            show_default=True, help="Images per step.")(function)
+    function = click.option("--batch-size", "-b", type=click.IntRange(min=1), default=None,
+                            help="Images per step [default: about 2^16 input pixels, i.e. 16 "
+                                 "at 64x64, 1 at 224x224].")(function)
     return image_arguments(function)

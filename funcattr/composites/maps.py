@@ -11,13 +11,14 @@ import difflib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from funcattr import types
 from funcattr.canonizers import Canonizer, CompositeCanonizer, as_canonizers
+from funcattr.checks import find_problems, report_problems
 from funcattr.core import Rule
 from funcattr.ruled import FunctionalModel, LiveModel, RuleMap
 
@@ -127,6 +128,12 @@ class Composite:
     canonizers: tuple[Canonizer, ...]
     arguments: tuple[tuple[str, Any], ...] = field(compare=False)
 
+    #: How the rules' backward is read (``functionalize`` passes it on as ``fn.form``):
+    #: ``'relevance'`` (Zennit's: the backward carries relevance, seeded with
+    #: ``output * attr_output_fn(output)``) or ``'gradient_x_input'`` (AttnLRP's: it carries
+    #: relevance divided by the activation; relevance = input x gradient).
+    form: ClassVar[str] = "relevance"
+
     def __init__(self, module_map: ModuleMap | None = None, canonizers=None) -> None:
         owner = type(self).__name__
         if module_map is not None and not callable(module_map):
@@ -185,7 +192,11 @@ class Composite:
         ...     relevance, = torch.autograd.grad(output, input, target)
         """
         view, transform = CompositeCanonizer(self.canonizers).apply(model)
-        yield LiveModel(model, FunctionalModel(view, assign_rules(view, self), transform))
+        rules = assign_rules(view, self)
+        report_problems(find_problems(model, view, rules, self.form, bool(self.canonizers)),
+                        f"{type(self).__name__}.context(model={type(model).__name__})", "warn",
+                        stacklevel=4)
+        yield LiveModel(model, FunctionalModel(view, rules, transform, form=self.form))
 
     def __repr__(self) -> str:
         arguments = ", ".join(f"{k}={_shown(v)!r}" for k, v in self.arguments)
@@ -295,7 +306,10 @@ class MixedComposite(Composite):
             c for composite in composites for c in composite.canonizers
         )
         super().__init__(canonizers=merged)
-        self._store(composites=composites)
+        forms = {composite.form for composite in composites}
+        # a Gradient x Input member (AttnLRP) sets the form of the whole
+        self._store(composites=composites, form="gradient_x_input"
+                    if "gradient_x_input" in forms else "relevance")
         self._record(composites=composites, canonizers=canonizers)
 
     def module_map(self, ctx, name, module):

@@ -13,7 +13,9 @@ with ordinary differentiable operations, so everything composes with ``torch.fun
 - :mod:`.reference`: **the reference rule**, the paper's four steps ``z, s, c, R`` for any
   module, the specification of every LRP rule;
 - :mod:`.functions`: the transform-safe Functions :func:`modified_gradient` and
-  :func:`elementwise_rule`, for rules that write their own ``apply``;
+  :func:`elementwise_rule`, for rules that write their own ``apply``; :func:`scale_gradient`,
+  :func:`stop_gradient` and :func:`replace_gradient` (from :mod:`.rule`, which picks the fast
+  path where it may) scale, stop or replace a gradient at the rules' level only;
 - :mod:`.levels`: what the surrounding ``torch.func`` transforms look like
   (:func:`is_transformed`, :func:`is_differentiated`, :func:`concrete_value`) and
   :func:`rules_at_this_level`;
@@ -29,10 +31,19 @@ from funcattr.core.levels import (
     concrete_value,
     is_differentiated,
     is_transformed,
+    only_rule_level,
     rules_at_this_level,
 )
 from funcattr.core.reference import lrp_backward
-from funcattr.core.rule import ElementwiseRule, LinearRule, Rule, fast_path_available
+from funcattr.core.rule import (
+    ElementwiseRule,
+    LinearRule,
+    Rule,
+    fast_path_available,
+    replace_gradient,
+    scale_gradient,
+    stop_gradient,
+)
 from funcattr.core.switch import reference_path, uses_reference
 from funcattr.core.terms import (
     Group,
@@ -41,6 +52,9 @@ from funcattr.core.terms import (
     ParamPrimitive,
     Stabilizer,
     Term,
+    check_number,
+    check_zero_params,
+    divide,
     expand,
     stabilize,
 )
@@ -56,7 +70,10 @@ __all__ = [
     "Rule",
     "Stabilizer",
     "Term",
+    "check_number",
+    "check_zero_params",
     "concrete_value",
+    "divide",
     "elementwise_rule",
     "expand",
     "fast_path_available",
@@ -64,8 +81,12 @@ __all__ = [
     "is_transformed",
     "lrp_backward",
     "modified_gradient",
+    "only_rule_level",
     "reference_path",
+    "replace_gradient",
     "rules_at_this_level",
+    "scale_gradient",
     "stabilize",
+    "stop_gradient",
     "uses_reference",
 ]

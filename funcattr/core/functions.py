@@ -9,7 +9,10 @@ true derivative.
 - :func:`modified_gradient`: a module's output ``y`` whose gradient with respect to the
   module's input ``x`` is a rule's ``backward(x, y, tensors, grad)`` (the LRP rules);
 - :func:`elementwise_rule`: ``forward(x)`` whose input gradient is ``backward(x, grad)``
-  (:class:`funcattr.core.ElementwiseRule`: ``Pass``, the modified-ReLU rules).
+  (:class:`funcattr.core.ElementwiseRule`: ``Pass``, the modified-ReLU rules), or
+  ``backward(x, grad, forward(x))`` for a rule that reads the output (AttnLRP's identity rule);
+- :func:`scale_gradient`: ``x`` whose gradient is ``factor * grad`` (``factor=0``: the gradient
+  stopped), AttnLRP's uniform rule and CP-LRP's constant attention.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ __all__ = [
     "fresh",
     "modified_gradient",
     "out_of_place",
+    "scale_gradient",
 ]
 
 #: ``backward(x, y, tensors, grad) -> input gradient`` of :func:`modified_gradient`.
@@ -86,43 +90,94 @@ def fresh(y: Tensor, x: Tensor) -> Tensor:
 
 
 class _ElementwiseRule(torch.autograd.Function):
-    """Value ``forward(x)``, input gradient ``backward_fn(x or None, grad)``."""
+    """Value ``forward(x)``, input gradient ``backward_fn(x or None, grad[, forward(x)])``."""
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x, forward, backward_fn, reads_input, in_place):
+    def forward(x, forward, backward_fn, reads_input, in_place, reads_output):
         return fresh(out_of_place(forward, in_place)(x), x)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, forward, backward_fn, reads_input, in_place = inputs
+        x, forward, backward_fn, reads_input, in_place, reads_output = inputs
         ctx.save_for_backward(x)
         ctx.forward, ctx.backward_fn = out_of_place(forward, in_place), backward_fn
-        ctx.reads_input = reads_input
+        ctx.reads_input, ctx.reads_output = reads_input, reads_output
         record_level(ctx)
 
     @staticmethod
     def backward(ctx, grad):
-        return elementwise_backward(ctx, grad), None, None, None, None
+        return elementwise_backward(ctx, grad), None, None, None, None, None
 
 
-def elementwise_backward(ctx: Any, grad: Tensor) -> Tensor:
+def elementwise_backward(ctx: Any, grad: Tensor, output: Tensor | None = None) -> Tensor:
     """The input gradient of an element-wise rule's Function: ``ctx.backward_fn`` at the rule's
-    level, the true derivative of ``ctx.forward`` (recomputed) elsewhere."""
+    level, the true derivative of ``ctx.forward`` (recomputed) elsewhere. A rule that reads the
+    output (``ctx.reads_output``) gets ``output``, or ``ctx.forward(x)`` recomputed."""
     (x,) = ctx.saved_tensors
     if not ctx.rule_applies:  # only for derivatives of an attribution
         return torch.func.vjp(ctx.forward, x)[1](grad)[0]
+    if getattr(ctx, "reads_output", False):
+        y = ctx.forward(x) if output is None else output
+        return ctx.backward_fn(x if ctx.reads_input else None, grad, y)
     return ctx.backward_fn(x if ctx.reads_input else None, grad)
 
 
 def elementwise_rule(x: Tensor, forward: Callable[[Tensor], Tensor],
-                     backward_fn: Callable[[Tensor | None, Tensor], Tensor],
-                     reads_input: bool = True, in_place: bool = False) -> Tensor:
+                     backward_fn: Callable[..., Tensor],
+                     reads_input: bool = True, in_place: bool = False,
+                     reads_output: bool = False) -> Tensor:
     """Return ``forward(x)`` with the input gradient ``backward_fn(x, grad_output)``.
 
     The output is computed inside the Function, so it is a fresh tensor that later in-place
     operations may modify. ``reads_input=False`` says ``backward_fn`` ignores ``x`` (it gets
     ``None``). ``in_place`` says ``forward`` overwrites its input: it then gets a copy.
+    ``reads_output=True`` says ``backward_fn`` also reads the output:
+    ``backward_fn(x, grad_output, forward(x))`` (here ``forward(x)`` is computed anew in the
+    backward, so in-place changes of the output downstream do no harm; the fast path keeps it).
     """
-    return _ElementwiseRule.apply(x, forward, backward_fn, reads_input, in_place)
+    return _ElementwiseRule.apply(x, forward, backward_fn, reads_input, in_place, reads_output)
+
+
+class _ScaledGradient(torch.autograd.Function):
+    """Value ``x`` (a copy), gradient ``factor * grad`` at the rule's level."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, factor):
+        return x.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.factor = inputs[1]
+        record_level(ctx)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if not ctx.rule_applies:  # the true derivative
+            return grad, None
+        return scaled(grad, ctx.factor), None
+
+
+def scaled(grad: Tensor, factor: float | Tensor) -> Tensor:
+    """``factor * grad``; a factor of exactly 0 gives zeros (also where ``grad`` is not
+    finite), 1 gives ``grad`` itself."""
+    if isinstance(factor, Tensor):
+        return grad * factor.to(grad.dtype)
+    if factor == 0.0:
+        return torch.zeros_like(grad)
+    return grad if factor == 1.0 else grad * factor
+
+
+def scale_gradient(x: Tensor, factor: float | Tensor) -> Tensor:
+    """Return ``x`` whose gradient is ``factor * grad`` (the transform-safe Function).
+
+    ``factor`` is a number (``0``: the gradient stopped, as CP-LRP holds attention constant)
+    or a tensor that broadcasts to ``x`` (e.g. one factor per slice of a packed q/k/v
+    projection). Outside :func:`funcattr.core.rules_at_this_level`'s level the gradient is the
+    true one, ``grad``, so derivatives of an explanation stay exact.
+    :func:`funcattr.core.scale_gradient` chooses between this Function and the fast path.
+    """
+    return _ScaledGradient.apply(x, factor)

@@ -23,6 +23,7 @@ __all__ = [
     "is_batched",
     "is_differentiated",
     "is_transformed",
+    "only_rule_level",
     "record_level",
     "rules_at_this_level",
     "stacked_grads",
@@ -129,3 +130,28 @@ def record_level(ctx: Any) -> None:
     (``ctx.rule_applies``): outside :func:`rules_at_this_level`, or at that level."""
     level = _RULE_LEVEL.get()
     ctx.rule_applies = level is _EVERY_LEVEL or level == _functorch.maybe_current_level()
+
+
+def only_rule_level(tensor: Tensor) -> bool:
+    """Whether every differentiation that can reach ``tensor`` is one the rules act on.
+
+    True for a plain tensor under plain autograd (the pullback's own level), for a tensor
+    differentiated only at :func:`rules_at_this_level`'s level (``vmap`` levels do not count),
+    and everywhere outside such a block (rules then act at every level). Where it holds, a rule
+    may drop a gradient by ``detach`` instead of a Function that zeroes it at one level only.
+    False while compiling (the transform-safe Functions then apply).
+    """
+    if torch.compiler.is_compiling():
+        return False
+    level = _RULE_LEVEL.get()
+    if level is _EVERY_LEVEL:
+        return True
+    while _functorch.is_functorch_wrapped_tensor(tensor):
+        if not _functorch.is_batchedtensor(tensor) and (
+                _functorch.maybe_get_level(tensor) != level):
+            return False  # another grad/jvp level differentiates it
+        tensor = _functorch.get_unwrapped(tensor)
+    if _functorch.is_legacy_batchedtensor(tensor):
+        return False
+    # plain autograd below the functorch levels differentiates it too, unless it is the rule's
+    return level is None or not (torch.is_grad_enabled() and tensor.requires_grad)

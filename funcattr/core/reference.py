@@ -7,7 +7,7 @@ weight and may gate on the sign of the layer's ordinary output ``y``. With ``R``
 (the gradient) arriving at the output::
 
     z_G = sum_{k in G} sign_k * f(in_k(x); theta_k)                 # 1. one forward per term
-    s_G = gate_G(y) * R / stabilizer(z_G)                           # 2. divide
+    s_G = gate_G(y) * R / stabilizer(z_G)   (0 / 0 = 0)             # 2. divide
     c_k = (d f(u; theta_k) / d u |_{u = in_k(x)})^T s_G             # 3. one input VJP per term
     relevance = sum_G weight_G sum_{k in G} sign_k * in_k(x) * c_k  # 4. multiply by the input
 
@@ -31,7 +31,7 @@ from torch import Tensor
 from funcattr.core.call import ModuleCall
 from funcattr.core.functions import Backward, modified_gradient
 from funcattr.core.levels import add_batch_dim, stacked_grads
-from funcattr.core.terms import Group, Term, apply_input_mod
+from funcattr.core.terms import Group, Term, apply_input_mod, divide, may_vanish
 from funcattr.layer import InputVJP
 
 __all__ = ["LayerFunction", "lrp_backward", "reference_backward", "reference_rule"]
@@ -137,7 +137,10 @@ def lrp_backward(groups: Sequence[Group], stabilizer: Callable[[Tensor], Tensor]
         if z is None:  # a group without terms
             continue
         # 2. s: the relevance divided by the stabilised denominator, where the gate is open
-        s = _gate(group, y, grad / stabilizer(z))
+        # (0 where the denominator is exactly 0: see terms.divide)
+        denominator = stabilizer(z)
+        s = _gate(group, y, divide(grad, denominator) if may_vanish(stabilizer)
+                  else grad / denominator)
         for term, u, theta in zip(group.terms, inputs, thetas, strict=True):
             # 3. c: one input VJP per term
             c = layer.input_vjp(u, theta, s)

@@ -22,6 +22,7 @@ in the call site's ``memo``, which ``functionalize``'s result owns.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -29,11 +30,12 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
+from funcattr.core import functions
 from funcattr.core.call import ModuleCall, describe_arguments, describe_value
 from funcattr.core.functions import elementwise_rule
 from funcattr.core.reference import reference_rule
 from funcattr.core.switch import uses_reference
-from funcattr.core.terms import Group, Stabilizer, normalize_zero_params
+from funcattr.core.terms import Group, Stabilizer, check_zero_params, normalize_zero_params
 
 try:  # the fast path is optional: without it every rule runs on the reference path
     import funcattr.core._fast as _fast
@@ -42,12 +44,68 @@ except ModuleNotFoundError as error:  # pragma: no cover - exercised by deleting
         raise
     _fast = None
 
-__all__ = ["ElementwiseRule", "LinearRule", "Rule", "fast_path_available", "rule_error"]
+__all__ = [
+    "ElementwiseRule",
+    "LinearRule",
+    "Rule",
+    "fast_path_available",
+    "replace_gradient",
+    "rule_error",
+    "scale_gradient",
+    "stop_gradient",
+]
 
 
 def fast_path_available() -> bool:
     """Whether the fast path is installed (``funcattr/core/_fast``)."""
     return _fast is not None
+
+
+def scale_gradient(x: Tensor, factor: float | Tensor) -> Tensor:
+    """``x`` whose gradient, at the level the rules act on, is ``factor * grad``.
+
+    For rules that write their own :meth:`Rule.apply` (AttnLRP's uniform rule: the gradients
+    of q and k times 1/4, of v times 1/2). ``factor`` is a number or a tensor that broadcasts
+    to ``x`` (one factor per slice of a packed projection). At other levels (an outer
+    ``torch.func.grad`` of an explanation) the gradient is the true one. The fast path returns
+    ``x.detach()`` for 0 and a hooked view otherwise where nothing else differentiates ``x``;
+    the reference path always uses the Function :func:`funcattr.core.functions.scale_gradient`.
+
+    Examples
+    --------
+    >>> query = scale_gradient(query, 0.25)                          # doctest: +SKIP
+    """
+    if _fast is not None and not uses_reference():
+        return _fast.scale_gradient(x, factor)
+    return functions.scale_gradient(x, factor)
+
+
+def replace_gradient(x: Tensor, y: Tensor, backward: Callable[..., Tensor],
+                     *tensors: Tensor | None) -> Tensor:
+    """``y`` whose gradient with respect to ``x`` is ``backward(x, None, tensors, grad)``.
+
+    :func:`funcattr.core.functions.modified_gradient` for a ``backward`` that does not read
+    ``y`` (it gets ``None``): on the fast path, plain tensors need no copy of ``y`` and a
+    light Function (AttnLRP's LayerNorm rule, called dozens of times per explanation).
+    """
+    if _fast is not None and not uses_reference():
+        return _fast.replace_gradient(x, y, backward, *tensors)
+    return functions.modified_gradient(x, y, _ignoring_output(backward), *tensors)
+
+
+def _ignoring_output(backward: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    def without_output(x: Tensor, y: Tensor | None, tensors: tuple, grad: Tensor) -> Tensor:
+        return backward(x, None, tensors, grad)
+
+    return without_output
+
+
+def stop_gradient(x: Tensor) -> Tensor:
+    """``x`` whose gradient is stopped at the level the rules act on (CP-LRP's constant
+    attention): :func:`scale_gradient` with factor 0, so an outer ``torch.func.grad`` of an
+    explanation still sees the true derivative; a plain attribution skips the stopped branch.
+    """
+    return scale_gradient(x, 0.0)
 
 
 class Rule(ABC):
@@ -141,6 +199,13 @@ class LinearRule(Rule):
     def stabilizer_fn(self) -> Callable[[Tensor], Tensor]:
         return Stabilizer.ensure(self.stabilizer, owner=type(self).__name__, name="stabilizer")
 
+    def check_settings(self) -> None:
+        """Check the shared settings at construction (call it in ``__post_init__``): the
+        stabilizer (a number ``>= 0`` or a callable) and the kind of ``zero_params`` (whether
+        the names exist is checked when the rule meets its layer, by :meth:`check`)."""
+        self.stabilizer_fn()
+        check_zero_params(self.zero_params, type(self).__name__)
+
     def zeroed(self) -> tuple[str, ...]:
         """The parameters every term sets to zero (``zero_params`` as a tuple)."""
         return normalize_zero_params(self.zero_params)
@@ -152,6 +217,16 @@ class LinearRule(Rule):
             module, nn.Softmax | nn.LogSoftmax | nn.Dropout
         ):
             return _NOT_LINEAR
+        # a typo in zero_params would silently zero nothing; a module without parameters
+        # has nothing to zero anyway (Zennit's composites name 'bias' for pooling layers too)
+        unknown = [name for name in self.zeroed()
+                   if module._parameters and name not in module._parameters]
+        if unknown:
+            own = ", ".join(repr(name) for name in module._parameters) or "none"
+            close = difflib.get_close_matches(unknown[0], list(module._parameters), n=1)
+            fix = f"zero_params={close[0]!r}" if close else "names from its parameters"
+            return (f"zero_params names {', '.join(repr(name) for name in unknown)}, which is "
+                    f"not a parameter of the module (its parameters: {own}); use {fix}")
         return super().check(module)
 
     def check_input(self, x: Tensor) -> str | None:
@@ -210,7 +285,9 @@ class ElementwiseRule(Rule):
     ``Pass``); the result's value is the module's output, and its gradient with respect to
     the first argument is :meth:`backward`'s. Set the class variable ``reads_input = False``
     when :meth:`backward` ignores its input: it then gets ``None``, and an in-place module
-    (``ReLU(inplace=True)``) may overwrite its input as in the original model.
+    (``ReLU(inplace=True)``) may overwrite its input as in the original model. Set
+    ``reads_output = True`` when it needs the module's output: it is then called as
+    ``backward(input, grad_output, output)`` (AttnLRP's identity rule, ``grad * f(x) / x``).
 
     Examples
     --------
@@ -223,16 +300,19 @@ class ElementwiseRule(Rule):
     """
 
     reads_input: ClassVar[bool] = True
+    reads_output: ClassVar[bool] = False
 
     @abstractmethod
-    def backward(self, input: Tensor | None, grad_output: Tensor) -> Tensor:
+    def backward(self, input: Tensor | None, grad_output: Tensor, *output: Tensor) -> Tensor:
         """The input gradient from the output gradient (``input`` is ``None`` unless
-        ``reads_input``); ``grad_output`` is shaped like the input."""
+        ``reads_input``); ``grad_output`` is shaped like the input; the module's output follows
+        when ``reads_output``."""
 
     def apply(self, module: nn.Module, forward: Callable[..., Any], *args, **kwargs) -> Tensor:
         x = _first_tensor(self, module, forward, args, kwargs)
         checked = partial(_checked_forward, self, module, forward, args, kwargs)
         in_place = getattr(module, "inplace", None) is True
+        flags = (self.reads_input, in_place, self.reads_output)
         if _fast is not None and not uses_reference():
-            return _fast.elementwise_rule(x, checked, self.backward, self.reads_input, in_place)
-        return elementwise_rule(x, checked, self.backward, self.reads_input, in_place)
+            return _fast.elementwise_rule(x, checked, self.backward, *flags)
+        return elementwise_rule(x, checked, self.backward, *flags)

@@ -8,6 +8,7 @@ parameter modifier, a sign); copies that share one stabilised denominator form a
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,10 +25,31 @@ __all__ = [
     "Term",
     "apply_input_mod",
     "apply_param_primitive",
+    "check_number",
+    "check_zero_params",
+    "divide",
     "expand",
+    "may_vanish",
     "normalize_zero_params",
     "stabilize",
 ]
+
+
+def check_number(value: Any, owner: str, name: str, *, example: str,
+                 positive: bool = False) -> float:
+    """A rule's numeric setting: a finite real number ``>= 0`` (``> 0`` with ``positive``).
+
+    Raises ``TypeError`` for anything but a real number (bools included) and ``ValueError``
+    for a number out of range, as ``<owner>(<name>=<value>): expected ..., got .... <fix>.``
+    """
+    bound = "> 0" if positive else ">= 0"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{owner}({name}={value!r}): expected a number {bound}, got "
+                        f"{type(value).__name__}. Pass e.g. {name}={example}.")
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise ValueError(f"{owner}({name}={value!r}): expected a finite number {bound}, got "
+                         f"{value!r}. Pass e.g. {name}={example}.")
+    return float(value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -80,22 +102,29 @@ class Stabilizer:
     norm_scale: bool = False
     dim: tuple[int, ...] | None = None
 
+    def __post_init__(self) -> None:
+        check_number(self.epsilon, "Stabilizer", "epsilon", example="1e-6")
+
     def __call__(self, input: Tensor) -> Tensor:
         return stabilize(input, self.epsilon, self.clip, self.norm_scale, self.dim)
 
     @classmethod
     def ensure(cls, value: Any, *, owner: str = "Stabilizer.ensure", name: str = "value"):
-        """Return ``value`` as a stabilizer: numbers become ``Stabilizer(epsilon=value)``.
+        """Return ``value`` as a stabilizer: numbers (finite, ``>= 0``; ``0`` stabilises
+        nothing) become ``Stabilizer(epsilon=value)``.
 
         A callable ``z -> stabilised z`` is returned as it is.
         """
         if isinstance(value, bool):
-            raise TypeError(f"{owner}({name}={value!r}): expected a float or a callable, got bool.")
-        if isinstance(value, int | float):
+            raise TypeError(f"{owner}({name}={value!r}): expected a float or a callable, got "
+                            f"bool. Pass e.g. {name}=1e-6.")
+        if isinstance(value, numbers.Real):
             if not math.isfinite(value):
-                raise ValueError(
-                    f"{owner}({name}={value!r}): expected a finite number, got {value!r}."
-                )
+                raise ValueError(f"{owner}({name}={value!r}): expected a finite number, got "
+                                 f"{value!r}. Pass e.g. {name}=1e-6.")
+            if value < 0:
+                raise ValueError(f"{owner}({name}={value!r}): expected a number >= 0 (0 "
+                                 f"stabilises nothing), got {value!r}. Pass e.g. {name}=1e-6.")
             return cls(epsilon=float(value))
         if callable(value):
             return value
@@ -103,6 +132,26 @@ class Stabilizer:
             f"{owner}({name}={value!r}): expected a float or a callable z -> stabilised z, "
             f"got {type(value).__name__}. Pass e.g. {name}=1e-6 or {name}=Stabilizer(1e-6)."
         )
+
+
+def may_vanish(stabilizer: Callable[[Tensor], Tensor]) -> bool:
+    """Whether ``stabilizer(z)`` can be exactly zero: a :class:`Stabilizer` with
+    ``epsilon=0`` or ``norm_scale`` (a denominator that is zero over a whole sample), or any
+    other callable."""
+    return not (isinstance(stabilizer, Stabilizer) and stabilizer.epsilon > 0
+                and not stabilizer.norm_scale)
+
+
+def divide(numerator: Tensor, denominator: Tensor) -> Tensor:
+    """``numerator / denominator``, zero where ``denominator`` is exactly zero.
+
+    The quotient of an LRP rule where the stabilised denominator vanishes (``Epsilon(0)`` on a
+    layer output that is exactly 0): no contribution, no relevance. So 0/0 is 0, as a ReLU
+    passes no gradient at 0, and LRP-0 equals input times gradient there too. Derivatives stay
+    finite (the division never sees a zero).
+    """
+    zero = denominator == 0
+    return torch.where(zero, 0.0, numerator / torch.where(zero, 1.0, denominator))
 
 
 def expand(value: Any, shape: Sequence[int], cut_batch_dim: bool = False) -> Tensor:
@@ -255,3 +304,19 @@ def normalize_zero_params(zero_params: str | Iterable[str] | None) -> tuple[str,
     if isinstance(zero_params, str):
         return (zero_params,)
     return tuple(zero_params)
+
+
+def check_zero_params(zero_params: Any, owner: str) -> None:
+    """``zero_params``: ``None``, a parameter name or a sequence of names (which exist on the
+    rule's layer is checked when the rule meets it: :meth:`funcattr.core.LinearRule.check`)."""
+    if zero_params is None or isinstance(zero_params, str):
+        return
+    if isinstance(zero_params, Iterable) and not isinstance(zero_params, bytes | Tensor):
+        items = list(zero_params)
+        if all(isinstance(item, str) for item in items):
+            return
+        got = f"an item of type {next(type(i).__name__ for i in items if not isinstance(i, str))}"
+    else:
+        got = type(zero_params).__name__
+    raise TypeError(f"{owner}(zero_params={zero_params!r}): expected None, a parameter name or a "
+                    f"sequence of names, got {got}. Pass e.g. zero_params='bias'.")

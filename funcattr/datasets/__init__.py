@@ -11,7 +11,6 @@ processes; rerunning it after a crash continues where it stopped. See ``docs/dat
 
 from funcattr.datasets.evaluation import DATASET_METRICS, DEFAULT_DATASET_METRICS
 from funcattr.datasets.explain import (
-    ATTRIBUTORS,
     STORE_DTYPES,
     ExplainJob,
     evaluate_dataset,
@@ -25,7 +24,6 @@ from funcattr.datasets.sources import IMAGE_EXTENSIONS, DemoDataset, ImageFolder
 from funcattr.datasets.store import DONE, FAILED, PENDING, StoreFullError
 
 __all__ = [
-    "ATTRIBUTORS",
     "DATASET_METRICS",
     "DEFAULT_DATASET_METRICS",
     "DONE",

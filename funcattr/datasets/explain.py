@@ -23,13 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from funcattr.attribution import (
-    gradient,
-    integrated_gradients,
-    occlusion,
-    one_hot,
-    smooth_grad,
-)
+from funcattr.attribution import gradient, one_hot, smooth_grad
+from funcattr.attribution.registry import ATTRIBUTORS
 from funcattr.composites import get_composite
 from funcattr.datasets.evaluation import (
     DEFAULT_DATASET_METRICS,
@@ -43,16 +38,9 @@ from funcattr.datasets.run import run_job
 from funcattr.datasets.summary import summarize_explanation
 from funcattr.functional import functionalize
 
-__all__ = ["ATTRIBUTORS", "STORE_DTYPES", "ExplainJob", "evaluate_dataset", "explain_dataset",
+__all__ = ["STORE_DTYPES", "ExplainJob", "evaluate_dataset", "explain_dataset",
            "item_seed"]
 
-#: Names accepted for ``attributor``: funcattr's pure attributors.
-ATTRIBUTORS: dict[str, Callable] = {
-    "gradient": gradient,
-    "smooth_grad": smooth_grad,
-    "integrated_gradients": integrated_gradients,
-    "occlusion": occlusion,
-}
 #: Dtypes of the stored relevance.
 STORE_DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "float32": torch.float32,
                                         "float64": torch.float64}
@@ -74,6 +62,15 @@ def _qualified(function: Callable) -> str:
         return f"{getattr(function, '__module__', '?')}.{function.__qualname__}"
     kind = type(function)
     return f"{kind.__module__}.{kind.__qualname__}: {_ADDRESS.sub('', repr(function))}"
+
+
+def _attributor_name(function: Callable) -> str:
+    """A registered attributor's name (stable when the library's modules move), else the
+    function's qualified name."""
+    for name, spec in ATTRIBUTORS.items():
+        if spec.function is function:
+            return name
+    return _qualified(function)
 
 
 def _name(function: Callable) -> str:
@@ -123,7 +120,7 @@ def _resolve_attributor(attributor: Any, options: Mapping[str, Any] | None,
                 f"{owner}(attributor={attributor!r}): expected one of {list(ATTRIBUTORS)} or a "
                 f"pure attributor fn(fn, params, input, attr_output_fn, **options)."
             )
-        attributor = ATTRIBUTORS[attributor]
+        attributor = ATTRIBUTORS[attributor].function
     if isinstance(attributor, functools.partial):
         if attributor.args:
             raise ValueError(
@@ -190,7 +187,7 @@ class ExplainJob:
                                    if isinstance(self.composite, str) else self.composite),
             "rules_sha256": rules,
             "canonizers": [repr(c) for c in canonizers or ()],
-            "attributor": _qualified(self.function),
+            "attributor": _attributor_name(self.function),
             "options": _describe(self.options),
             "target": self.target,
             "times_output": self.times_output,
@@ -365,8 +362,8 @@ def explain_dataset(
         Canonizers applied after the composite's own.
     attributor : callable or str
         A pure attributor ``fn(fn, params, input, attr_output_fn, **options)``: one of
-        :data:`ATTRIBUTORS` (or its name), a ``functools.partial`` of one with its options, or
-        your own. SmoothGrad's noise is drawn per item from ``(seed, index)``.
+        :data:`funcattr.ATTRIBUTORS` (or its name), a ``functools.partial`` of one with its
+        options, or your own. SmoothGrad's noise is drawn per item from ``(seed, index)``.
     options : dict, optional
         The attributor's keyword options, e.g. ``{"n_iter": 20, "noise_level": 0.1}``.
     target : 'prediction', 'label' or int
@@ -426,7 +423,8 @@ def explain_dataset(
     if not isinstance(save_relevance, bool):
         raise TypeError(f"{owner}(save_relevance={save_relevance!r}): expected a bool.")
     if times_output is None:
-        times_output = function is occlusion
+        times_output = any(spec.scores and spec.function is function
+                           for spec in ATTRIBUTORS.values())
     if any(m in LOCALISATION for m in checked):
         _check_masks(dataset, owner)
     job = ExplainJob(model, composite=composite, canonizers=canonizers, attributor=function,

@@ -97,8 +97,10 @@ def train(
     seed: int = 0,
     data_seed: int = TRAIN_SEED,
     log: Callable[[str], None] | None = None,
+    build: Callable[[], torch.nn.Module] | None = None,
 ) -> tuple[DemoNet, list[float]]:
-    """Train a fresh :class:`DemoNet` on the procedural training stream.
+    """Train a fresh :class:`DemoNet` (or the model ``build()`` makes) on the procedural
+    training stream.
 
     The model initialisation is seeded with ``seed`` inside :func:`torch.random.fork_rng`, so
     the global random state is left untouched; the result is fully determined by the arguments
@@ -122,6 +124,9 @@ def train(
         Dataset seed of the training stream.
     log : callable or None, optional
         Called with one progress line per epoch.
+    build : callable or None, optional
+        Makes the fresh ``float32`` model (under the seeded generator); default
+        :class:`DemoNet` (the demo ViT: :func:`funcattr.demo.vit.build_demo_vit`).
 
     Returns
     -------
@@ -135,7 +140,7 @@ def train(
         raise ValueError("need at least one epoch with at least one full batch")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = DemoNet(dtype=torch.float32)
+        model = DemoNet(dtype=torch.float32) if build is None else build()
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=learning_rate, total_steps=epochs * steps_per_epoch

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from funcattr.attribution.options import check_chunk_size, make_generator
+from funcattr.attribution.pullback import check_output
 from funcattr.attribution.targets import check_target
 from funcattr.metrics.explainer import chunked_explain
 from funcattr.metrics.faithfulness import PerturbationCurves
@@ -126,9 +127,9 @@ def evaluate(
         For ``random_logit``; read from the model's output by default.
     options : dict of str to dict, optional
         Keyword overrides per metric, e.g. ``{"pixel_flipping": {"regions_per_step": 8}}``.
-        Defaults: pixel flipping in 32 steps, region perturbation with 8-pixel patches
-        (or the nearest divisor), sensitivities with 10 draws of radius 0.1, Sensitivity-N
-        and infidelity with 32 draws.
+        Defaults: the functions' own (pixel flipping and region perturbation in about 32
+        steps), region perturbation with 8-pixel patches (or the nearest divisor),
+        sensitivities with 10 draws of radius 0.1, Sensitivity-N and infidelity with 32 draws.
 
     Returns
     -------
@@ -183,7 +184,7 @@ def evaluate(
     fn, params = as_model(model, params, owner)
     if num_classes is None and "random_logit" in metrics:
         with torch.no_grad():
-            num_classes = int(fn(params, input[:1]).shape[1])
+            num_classes = int(check_output(fn(params, input[:1]), owner, "model").shape[1])
 
     columns = tuple(c for spec in specs for c in spec.columns)
     values: dict[str, dict[str, Tensor]] = {}

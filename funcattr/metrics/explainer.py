@@ -47,6 +47,13 @@ def call_explain(explain: Callable, input: Tensor, target: Tensor, owner: str,
             f"with the batch size {input.shape[0]} first, got {got}. Return one attribution "
             f"per sample (or (output, attribution))."
         )
+    if (attribution.is_floating_point() or attribution.is_complex()) and not bool(
+            torch.isfinite(attribution.detach()).all()):
+        raise ValueError(
+            f"{owner}(explain=...): expected finite attributions from explain(input, target), "
+            f"got NaN or infinity. Fix the explanation method (e.g. a stabilizer > 0 for LRP "
+            f"rules), or clean its result (torch.nan_to_num)."
+        )
     return attribution.detach()
 
 

@@ -13,6 +13,8 @@ stacked into batches through the model, ``chunk_size`` inputs at a time.
 
 from __future__ import annotations
 
+import inspect
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +30,13 @@ from funcattr.attribution.options import (
     make_generator,
 )
 from funcattr.attribution.targets import check_target
-from funcattr.metrics.inputs import check_input, image_view, pool_attribution, to_input_shape
+from funcattr.metrics.inputs import (
+    check_finite,
+    check_input,
+    image_view,
+    pool_attribution,
+    to_input_shape,
+)
 from funcattr.metrics.regions import (
     Fill,
     check_patch_size,
@@ -41,6 +49,7 @@ from funcattr.metrics.scores import Params, as_model, chunked_scores, class_scor
 from funcattr.metrics.similarity import pearson
 
 __all__ = [
+    "DEFAULT_STEPS",
     "ORDERS",
     "PerturbationCurves",
     "infidelity",
@@ -50,6 +59,8 @@ __all__ = [
 ]
 
 ORDERS = ("morf", "lerf", "random")
+#: The number of steps of a perturbation curve when ``regions_per_step`` is not given.
+DEFAULT_STEPS = 32
 
 
 def _trapezoid(curve: Tensor, fractions: Tensor) -> Tensor:
@@ -168,7 +179,7 @@ def pixel_flipping(
     *,
     params: Params | None = None,
     patch_size: int = 1,
-    regions_per_step: int = 1,
+    regions_per_step: int | None = None,
     n_steps: int | None = None,
     fill: Fill = 0.0,
     orders: Sequence[str] = ("morf", "lerf"),
@@ -204,8 +215,11 @@ def pixel_flipping(
         The parameters of a pure ``fn``.
     patch_size : int
         Side of a region in features; must divide every spatial size.
-    regions_per_step : int
-        Regions removed per step (the last step may remove fewer).
+    regions_per_step : int, optional
+        Regions removed per step (the last step may remove fewer). ``None``: about
+        :data:`DEFAULT_STEPS` (32) steps, ``ceil(regions / 32)`` regions each, the default of
+        ``evaluate`` and ``funcattr evaluate`` too; ``1`` removes one region per step, as
+        Bach et al. do (``regions + 1`` model calls per sample and order).
     n_steps : int, optional
         Stop after this many steps (``None``: until every region is removed).
     fill : float, 'mean', 'uniform' or Tensor
@@ -233,7 +247,18 @@ def pixel_flipping(
     >>> curves = pixel_flipping(model, x, y, relevance, regions_per_step=64)  # doctest: +SKIP
     >>> curves.difference.mean()                                             # doctest: +SKIP
     """
-    owner = "pixel_flipping"
+    return _curves("pixel_flipping", model, input, target, attribution, params=params,
+                   patch_size=patch_size, regions_per_step=regions_per_step, n_steps=n_steps,
+                   fill=fill, orders=orders, softmax=softmax, generator=generator,
+                   chunk_size=chunk_size)
+
+
+def _curves(owner: str, model: Any, input: Tensor, target: Any, attribution: Tensor, *,
+            params: Params | None, patch_size: int, regions_per_step: int | None,
+            n_steps: int | None, fill: Fill, orders: Sequence[str], softmax: bool,
+            generator: torch.Generator | int | None, chunk_size: int | None
+            ) -> PerturbationCurves:
+    """:func:`pixel_flipping` with errors named after ``owner`` (its caller)."""
     fn, params = as_model(model, params, owner)
     input = check_input(input, owner)
     target = check_target(target, input.shape[0], owner)
@@ -241,7 +266,8 @@ def pixel_flipping(
     view = image_view(input)
     batch, _, *spatial = view.shape
     check_patch_size(patch_size, spatial, owner)
-    check_int(regions_per_step, "regions_per_step", owner, minimum=1, example="8")
+    check_int(regions_per_step, "regions_per_step", owner, minimum=1, example="8",
+              optional=True)
     check_int(n_steps, "n_steps", owner, minimum=1, example="32", optional=True)
     check_chunk_size(chunk_size, owner)
     orders = tuple(orders)
@@ -252,6 +278,8 @@ def pixel_flipping(
         )
     generator = make_generator(generator, owner)
     locations, regions = region_index(spatial, patch_size, device=input.device)
+    if regions_per_step is None:
+        regions_per_step = max(1, math.ceil(regions / DEFAULT_STEPS))
     ranks = _orders(region_relevance(pooled, locations, regions), orders, generator, owner)
     fill_values = fill_tensor(fill, input, generator, owner)
     counts = _step_counts(regions, regions_per_step, n_steps).to(input.device)
@@ -292,9 +320,13 @@ def region_perturbation(model: Any, input: Tensor, target: Any, attribution: Ten
                         patch_size: int = 8, **options: Any) -> PerturbationCurves:
     """Region perturbation [samek2017]: :func:`pixel_flipping` with ``patch_size`` regions.
 
-    Same parameters and result as :func:`pixel_flipping`, with ``patch_size=8`` by default.
+    Same parameters and result as :func:`pixel_flipping`, with ``patch_size=8`` by default
+    (and, as there, about 32 steps unless ``regions_per_step`` says otherwise).
     """
-    return pixel_flipping(model, input, target, attribution, patch_size=patch_size, **options)
+    arguments = inspect.signature(pixel_flipping).bind(
+        model, input, target, attribution, patch_size=patch_size, **options)
+    arguments.apply_defaults()
+    return _curves("region_perturbation", **arguments.arguments)
 
 
 def _subset_masks(batch: int, n_subsets: int, regions: int, n: int,
@@ -447,6 +479,7 @@ def infidelity(
             f"{tuple(input.shape)}, got {got}; infidelity pairs every input element with its "
             f"attribution. Pass the attribution before pooling over channels."
         )
+    check_finite(attribution, owner)
     check_int(n_samples, "n_samples", owner, minimum=1, example="64")
     check_chunk_size(chunk_size, owner)
     generator = make_generator(generator, owner)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from funcattr.attribution.options import check_int
+from funcattr.metrics.inputs import check_finite, check_samples
 
 __all__ = ["pointing_game", "relevance_mass_accuracy", "relevance_rank_accuracy"]
 
@@ -33,7 +34,9 @@ def _check_masks(masks: Any, attribution: Any, owner: str) -> tuple[Tensor, Tens
             f"{owner}(attribution={got}): expected a batch of attributions "
             f"(batch, [channels,] *spatial), got {got}. Add the batch dimension."
         )
+    check_finite(attribution, owner)
     batch = attribution.shape[0]
+    check_samples(batch, owner, f"attribution=tensor of shape {tuple(attribution.shape)}")
     if (masks.ndim >= 3 and masks.shape[1] == 1 and attribution.ndim == masks.ndim
             and attribution.shape[2:] == masks.shape[2:]):
         masks = masks[:, 0]  # (batch, 1, *spatial)

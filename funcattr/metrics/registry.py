@@ -8,7 +8,6 @@ batch and how it calls each metric. Adding a metric is one :func:`register_metri
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -244,10 +243,6 @@ def _on_masks(function: Callable) -> Callable[..., Any]:
     return run
 
 
-def _steps(case: MetricCase) -> dict[str, Any]:  # about 32 steps
-    return {"regions_per_step": max(1, math.ceil(math.prod(case.spatial) / 32))}
-
-
 def _sensitivity_draws(case: MetricCase) -> dict[str, Any]:
     return {"n_samples": 10, "radius": 0.1}
 
@@ -256,7 +251,7 @@ register_metric(MetricSpec(
     name="pixel_flipping", function=pixel_flipping, run=_on_model(pixel_flipping),
     columns={"pixel_flipping_morf_auc": False, "pixel_flipping_lerf_auc": True,
              "pixel_flipping_difference": True},
-    values=_curve_columns("pixel_flipping"), defaults=_steps, default=True, curves=True,
+    values=_curve_columns("pixel_flipping"), default=True, curves=True,
 ))
 register_metric(MetricSpec(
     name="region_perturbation", function=region_perturbation,

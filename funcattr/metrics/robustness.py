@@ -21,7 +21,7 @@ from funcattr.attribution.options import (
 )
 from funcattr.attribution.targets import check_target
 from funcattr.metrics.explainer import chunked_explain
-from funcattr.metrics.inputs import check_input
+from funcattr.metrics.inputs import check_finite, check_input
 
 __all__ = ["avg_sensitivity", "max_sensitivity", "sensitivities"]
 
@@ -86,7 +86,7 @@ def sensitivities(
             f"{owner}(attribution=...): expected one attribution per sample ({batch}), got "
             f"{got}. Pass explain(input, target), or None to compute it."
         )
-    attribution = attribution.detach()
+    attribution = check_finite(attribution, owner).detach()
     if perturbation is None:
         noise = torch.rand((n_samples, *input.shape), generator=generator, dtype=input.dtype)
         noise = (2 * noise - 1).mul_(radius).to(input.device)

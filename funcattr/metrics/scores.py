@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from funcattr.attribution.options import chunk_ranges
+from funcattr.attribution.pullback import call_model
 from funcattr.functional import functionalize
 
 __all__ = ["Params", "as_model", "chunked_scores", "class_scores"]
@@ -56,11 +57,18 @@ def class_scores(fn: Callable, params: Params, input: Tensor, target: Tensor,
                  softmax: bool, owner: str) -> Tensor:
     """``fn(params, input)[i, target[i]]`` (optionally of the softmax), without autograd."""
     with torch.inference_mode():
-        output = fn(params, input)
+        output = call_model(fn, params, input, owner, "model")
         if output.ndim != 2:
             raise ValueError(
                 f"{owner}(model=...): expected a model output of shape (batch, classes), got "
                 f"{tuple(output.shape)}. Wrap the model so that it returns class scores."
+            )
+        classes = output.shape[1]
+        if target.numel() and bool(((target < 0) | (target >= classes)).any()):
+            raise ValueError(
+                f"{owner}(target=...): target out of range for an output with {classes} "
+                f"classes; expected values in [0, {classes - 1}], got "
+                f"{target.unique().tolist()}. Pass classes of this model."
             )
         if softmax:
             output = torch.softmax(output, dim=1)

@@ -37,7 +37,7 @@ from funcattr.core.call import ModuleCall
 from funcattr.core.levels import is_transformed
 from funcattr.core.reference import LayerFunction, reference_backward
 
-__all__ = ["elementwise_rule", "linear_rule"]
+__all__ = ["elementwise_rule", "linear_rule", "replace_gradient", "scale_gradient"]
 
 
 def _transformed(*tensors: Tensor | None) -> bool:
@@ -105,10 +105,31 @@ def linear_rule(rule: Any, call: ModuleCall, x: Tensor, output: Tensor, args: tu
 
 
 def elementwise_rule(x: Tensor, forward: Callable[[Tensor], Tensor],
-                     backward_fn: Callable[[Tensor | None, Tensor], Tensor],
-                     reads_input: bool, in_place: bool) -> Tensor:
+                     backward_fn: Callable[..., Tensor],
+                     reads_input: bool, in_place: bool, reads_output: bool = False) -> Tensor:
     """An element-wise rule: the eager Function for plain tensors, else the transform-safe
     one."""
+    flags = (reads_input, in_place, reads_output)
     if torch.compiler.is_compiling() or is_transformed(x):
-        return functions.elementwise_rule(x, forward, backward_fn, reads_input, in_place)
-    return eager.elementwise_rule(x, forward, backward_fn, reads_input, in_place)
+        return functions.elementwise_rule(x, forward, backward_fn, *flags)
+    return eager.elementwise_rule(x, forward, backward_fn, *flags)
+
+
+def scale_gradient(x: Tensor, factor: float | Tensor) -> Tensor:
+    """``x`` with the gradient ``factor * grad``: see :func:`eager.scale_gradient`."""
+    return eager.scale_gradient(x, factor)
+
+
+def _no_recompute(x: Tensor, tensors: Sequence[Tensor]) -> Tensor:  # pragma: no cover
+    raise AssertionError("replace_gradient keeps no output, so it never recomputes one")
+
+
+def replace_gradient(x: Tensor, y: Tensor, backward: Callable, *tensors: Tensor | None
+                     ) -> Tensor:
+    """``y`` with the gradient ``backward(x, None, tensors, grad)``: the eager Function
+    without a copy of ``y`` for plain tensors, else the transform-safe one."""
+    if _transformed(x, y, *tensors):
+        return functions.modified_gradient(
+            x, y, lambda x, y, tensors, grad: backward(x, None, tensors, grad), *tensors)
+    return eager.modified_gradient(x, y, backward, *tensors, recompute=_no_recompute,
+                                   site=eager.CallSite(), keep_output=False)

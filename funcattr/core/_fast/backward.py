@@ -16,7 +16,14 @@ from torch import Tensor
 from funcattr.core._fast.linear import LinearOp
 from funcattr.core._fast.program import GroupProgram, Plan
 from funcattr.core.levels import add_batch_dim, concrete_value, is_batched, stacked_grads
-from funcattr.core.terms import Group, Stabilizer, apply_input_mod, apply_param_primitive
+from funcattr.core.terms import (
+    Group,
+    Stabilizer,
+    apply_input_mod,
+    apply_param_primitive,
+    divide,
+    may_vanish,
+)
 
 __all__ = ["linear_backward"]
 
@@ -156,8 +163,11 @@ def _lincomb(items: Iterable[tuple[Tensor, float, bool]], inplace: bool
 def _quotient(plan: Plan, z: Tensor, grad: Tensor, inplace: bool, nonnegative: bool,
               owned: bool) -> Tensor:
     """``grad / stabilizer(z)``; the default stabilizer runs in place when no graph is recorded
-    (in ``z`` itself if this backward ``owned`` it; ``nonnegative``: ``z >= 0`` for sure)."""
+    (in ``z`` itself if this backward ``owned`` it; ``nonnegative``: ``z >= 0`` for sure). A
+    stabilizer that may give exactly zero divides as the reference does (0 / 0 = 0)."""
     stabilizer = plan.stabilizer
+    if may_vanish(stabilizer):
+        return divide(grad, stabilizer(z))
     if (inplace and type(stabilizer) is Stabilizer and not stabilizer.clip
             and not stabilizer.norm_scale):
         if nonnegative:  # z >= 0 (also -0): the stabiliser adds +eps everywhere

@@ -9,7 +9,11 @@ activation. When no transform is active these copies can mostly be avoided:
   functional ``out += identity``), the backward computes ``y`` anew, and the call site
   remembers to copy ``y`` from then on;
 - :func:`elementwise_rule`: a rule that never reads its input lets an in-place forward
-  (``ReLU(inplace=True)``) overwrite it, as in the original model.
+  (``ReLU(inplace=True)``) overwrite it, as in the original model; a rule that reads its
+  output keeps it as an alias (computed anew if something changed it in place);
+- :func:`scale_gradient`: ``x.detach()`` for a stopped gradient and a view with a gradient
+  hook otherwise, where the rule's level is the only differentiation of ``x`` (no copy, and a
+  stopped branch is never back-propagated).
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from funcattr.core.functions import elementwise_backward, fresh, out_of_place
-from funcattr.core.levels import record_level
+from funcattr.core import functions
+from funcattr.core.functions import elementwise_backward, fresh, out_of_place, scaled
+from funcattr.core.levels import is_transformed, only_rule_level, record_level
 
-__all__ = ["CallSite", "elementwise_rule", "modified_gradient"]
+__all__ = ["CallSite", "elementwise_rule", "modified_gradient", "scale_gradient"]
 
 
 class CallSite:
@@ -88,14 +93,15 @@ def modified_gradient(x: Tensor, y: Tensor, backward: Callable, *tensors: Tensor
 
 
 class _EagerElementwiseRule(torch.autograd.Function):
-    """Value ``forward(x)``, input gradient ``backward_fn(x or None, grad)``."""
+    """Value ``forward(x)``, input gradient ``backward_fn(x or None, grad[, output])``."""
 
     @staticmethod
-    def forward(ctx, x, forward, backward_fn, reads_input, in_place):
+    def forward(ctx, x, forward, backward_fn, reads_input, in_place, reads_output):
         ctx.forward, ctx.backward_fn = out_of_place(forward, in_place), backward_fn
-        ctx.reads_input = reads_input
+        ctx.reads_input, ctx.reads_output = reads_input, reads_output
         record_level(ctx)
-        if in_place and not reads_input and ctx.rule_applies and _may_overwrite(x):
+        if (in_place and not reads_input and not reads_output and ctx.rule_applies
+                and _may_overwrite(x)):
             y = forward(x)
             if y is x:
                 ctx.save_for_backward(None)
@@ -104,11 +110,19 @@ class _EagerElementwiseRule(torch.autograd.Function):
         else:
             y = ctx.forward(x)
         ctx.save_for_backward(x)
-        return fresh(y, x)
+        y = fresh(y, x)
+        if reads_output:  # an alias; the backward computes it anew if it changed in place
+            ctx.kept_output = y.detach()
+            ctx.output_version = y._version
+        return y
 
     @staticmethod
     def backward(ctx, grad):
-        return elementwise_backward(ctx, grad), None, None, None, None
+        output = getattr(ctx, "kept_output", None)
+        if output is not None and (output._version != ctx.output_version
+                                   or torch.is_grad_enabled()):
+            output = None  # changed in place downstream, or create_graph: compute it anew
+        return elementwise_backward(ctx, grad, output), None, None, None, None, None
 
 
 def _may_overwrite(x: Tensor) -> bool:
@@ -118,8 +132,30 @@ def _may_overwrite(x: Tensor) -> bool:
 
 
 def elementwise_rule(x: Tensor, forward: Callable[[Tensor], Tensor],
-                     backward_fn: Callable[[Tensor | None, Tensor], Tensor],
-                     reads_input: bool = True, in_place: bool = False) -> Tensor:
+                     backward_fn: Callable[..., Tensor],
+                     reads_input: bool = True, in_place: bool = False,
+                     reads_output: bool = False) -> Tensor:
     """:func:`funcattr.core.functions.elementwise_rule` for plain tensors (see the module
     docstring)."""
-    return _EagerElementwiseRule.apply(x, forward, backward_fn, reads_input, in_place)
+    return _EagerElementwiseRule.apply(x, forward, backward_fn, reads_input, in_place,
+                                       reads_output)
+
+
+def scale_gradient(x: Tensor, factor: float | Tensor) -> Tensor:
+    """:func:`funcattr.core.functions.scale_gradient` without a copy where the rule's level is
+    the only differentiation of ``x``: ``x.detach()`` for a factor of 0 (the stopped branch is
+    never back-propagated), ``x`` for 1, else a view of ``x`` whose gradient hook scales.
+    Elsewhere (another level differentiates ``x``) the transform-safe Function."""
+    if not only_rule_level(x):
+        return functions.scale_gradient(x, factor)
+    if not isinstance(factor, Tensor) and factor == 0.0:
+        return x.detach()
+    if not isinstance(factor, Tensor) and factor == 1.0:
+        return x
+    if is_transformed(x):  # a hook cannot see the level: the Function
+        return functions.scale_gradient(x, factor)
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return x
+    view = x.view_as(x)
+    view.register_hook(lambda grad: scaled(grad, factor))
+    return view
