@@ -7,9 +7,10 @@
 The public surface, by layer (``docs/architecture.md`` has the whole map):
 
 - modules: ``types``, ``layer``, ``core`` (rule vocabulary), ``rules``, ``canonizers``,
-  ``composites``, ``attribution``, ``metrics``, ``datasets``, ``image``, ``cmap``, and
-  ``torchvision`` (canonizers for torchvision models, imported by its full name); every name
-  here loads on first use, so ``import funcattr`` imports nothing else (not even torch);
+  ``composites``, ``attribution``, ``concepts`` (CRP, attribution graphs), ``metrics``,
+  ``datasets``, ``image``, ``cmap``, and ``torchvision`` (canonizers for torchvision models,
+  imported by its full name); every name here loads on first use, so ``import funcattr``
+  imports nothing else (not even torch);
 - registries: ``COMPOSITES`` / ``get_composite`` / ``register_composite`` /
   ``assign_rules``, ``CANONIZERS`` / ``get_canonizer`` / ``canonizers_for``,
   ``ATTRIBUTORS`` / ``get_attributor`` / ``register_attributor``, and (on first use)
@@ -34,8 +35,8 @@ from typing import Any
 #: module itself).
 _ON_FIRST_USE = {
     **{module: (f"funcattr.{module}", None) for module in (
-        "allocator", "attribution", "canonizers", "checks", "cmap", "composites", "core",
-        "datasets", "image", "layer", "metrics", "rules", "transformers", "types")},
+        "allocator", "attribution", "canonizers", "checks", "cmap", "composites", "concepts",
+        "core", "datasets", "image", "layer", "metrics", "rules", "transformers", "types")},
     **{name: ("funcattr.attribution", name) for name in (
         "ATTRIBUTORS", "Attributor", "Gradient", "IntegratedGradients", "Occlusion",
         "SmoothGrad", "get_attributor", "gradient", "integrated_gradients", "multi_target",
@@ -74,6 +75,7 @@ __all__ = [
     "checks",
     "cmap",
     "composites",
+    "concepts",
     "core",
     "datasets",
     "functionalize",

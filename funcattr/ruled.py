@@ -18,6 +18,7 @@ import difflib
 import threading
 import types as pytypes
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -296,6 +297,9 @@ class FunctionalModel:
         return _build_tree(self.view, self.rules)
 
     def _tree(self) -> nn.Module:
+        active = _TAPS.get()
+        if active is not None and active[0] is self:
+            return self._tappable_tree()
         tree = getattr(self._local, "tree", None)
         if tree is None:
             tree = self._local.tree = _build_tree(self.view, self.rules)
@@ -347,6 +351,73 @@ class FunctionalModel:
 
     def __repr__(self) -> str:
         return f"FunctionalModel(rules=\n{self.rules!r})"
+
+    def tapped(self, params: Mapping[str, Tensor], input: Any,
+               taps: Mapping[str, Callable[[Any], Any]], *args, **kwargs) -> Any:
+        """``fn(params, input, *args, **kwargs)`` with the output of each module named in
+        ``taps`` replaced by ``taps[name](output)``, on every call of that module.
+
+        Names are those of ``self.view.named_modules()`` (the model's own names, and the
+        modules canonizers add). The taps hold for this call only; a tap sees the module's
+        output as the model computes it (after the module's rule), and what it returns goes on
+        in its place: e.g. ``lambda y: y`` observes, ``lambda y: y.detach() + delta`` cuts the
+        graph there. A tap may itself call ``fn``, which then runs without taps.
+        """
+        modules = dict(self.view.named_modules())
+        for name in taps:
+            if name not in modules:
+                close = difflib.get_close_matches(str(name), [n for n in modules if n], n=3)
+                hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+                raise ValueError(
+                    f"FunctionalModel.tapped(taps={{{name!r}: ...}}): expected names of modules "
+                    f"of the model, got {name!r}. Use a name from "
+                    f"model.named_modules(){hint}."
+                )
+        token = _TAPS.set((self, dict(taps)))
+        try:
+            return self(params, input, *args, **kwargs)
+        finally:
+            _TAPS.reset(token)
+
+    def _tappable_tree(self) -> nn.Module:
+        """This thread's ruled tree in which every module's forward passes its output through
+        the active tap of its name (built on first use; without taps it computes as ``_tree``)."""
+        tree = getattr(self._local, "tappable", None)
+        if tree is None:
+            tree = self._local.tappable = _build_tree(self.view, self.rules)
+            for name, module in tree.named_modules():
+                module.__dict__["forward"] = _TappedForward(self, name,
+                                                            _original_forward(module))
+            if self._resident is not None:
+                _install(tree, self._resident)
+        return tree
+
+
+#: ``(functional model, {module name: tap})`` of the :meth:`FunctionalModel.tapped` call in
+#: progress (in this thread or task), or ``None``.
+_TAPS: ContextVar[tuple[FunctionalModel, dict[str, Callable[[Any], Any]]] | None] = ContextVar(
+    "funcattr_taps", default=None)
+
+
+class _TappedForward:
+    """A module's forward in a tappable tree: its output passes through the active tap of its
+    name, when the tapped call in progress is its own model's."""
+
+    def __init__(self, owner: FunctionalModel, name: str, forward: Callable[..., Any]) -> None:
+        self.owner = id(owner)  # not the object: no reference cycle through the thread's tree
+        self.name = name
+        self.forward = forward
+
+    def __call__(self, *args, **kwargs):
+        output = self.forward(*args, **kwargs)
+        active = _TAPS.get()
+        if active is None or id(active[0]) != self.owner or self.name not in active[1]:
+            return output
+        token = _TAPS.set(None)  # a tap that calls the model runs it without taps
+        try:
+            return active[1][self.name](output)
+        finally:
+            _TAPS.reset(token)
 
 
 class LiveModel(nn.Module):

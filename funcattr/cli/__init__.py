@@ -6,10 +6,10 @@ shows what can be chosen by name. See ``docs/cli.md``.
 
 Modules: :mod:`~funcattr.cli.group` (the ``main`` group, which imports a command's module
 when the command runs), one module per command (:mod:`~funcattr.cli.explain`,
-:mod:`~funcattr.cli.evaluate`, :mod:`~funcattr.cli.listing`, :mod:`~funcattr.cli.text`) that
-adds it to ``main``, and the shared pieces: :mod:`~funcattr.cli.options` (click options,
-built from the attributor registry), :mod:`~funcattr.cli.attributors` (dispatch, composites,
-chunk size),
+:mod:`~funcattr.cli.evaluate`, :mod:`~funcattr.cli.listing`, :mod:`~funcattr.cli.concepts`,
+:mod:`~funcattr.cli.text`) that adds it to ``main``, and the shared pieces:
+:mod:`~funcattr.cli.options` (click options, built from the attributor registry),
+:mod:`~funcattr.cli.attributors` (dispatch, composites, chunk size),
 :mod:`~funcattr.cli.canonizers` (the canonizer registry), :mod:`~funcattr.cli.models`,
 :mod:`~funcattr.cli.samples`, :mod:`~funcattr.cli.heatmaps`, :mod:`~funcattr.cli.progress`
 and :mod:`~funcattr.cli.output` (output folders replaced whole, one-line errors).
@@ -50,8 +50,8 @@ _ON_FIRST_USE = {
     "positive_fraction_in_mask": "funcattr.cli.heatmaps",
     "resolve_canonizers": "funcattr.cli.canonizers",
 }
-_MODULES = ("attributors", "canonizers", "evaluate", "explain", "group", "heatmaps", "listing",
-            "models", "options", "output", "progress", "samples", "text")
+_MODULES = ("attributors", "canonizers", "concepts", "evaluate", "explain", "group", "heatmaps",
+            "listing", "models", "options", "output", "progress", "samples", "text")
 
 __all__ = ["main", *sorted(_ON_FIRST_USE)]
 

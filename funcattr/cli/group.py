@@ -20,6 +20,8 @@ __all__ = ["COMMANDS", "CommandGroup", "main"]
 
 #: Command name -> (module that adds it to :func:`main`, its short help in ``funcattr --help``).
 COMMANDS: dict[str, tuple[str, str]] = {
+    "concepts": ("funcattr.cli.concepts",
+                 "Show the most relevant concepts of a layer, their heatmaps and graph."),
     "evaluate": ("funcattr.cli.evaluate",
                  "Tabulate metrics of explanation methods (on the demo by default)."),
     "explain": ("funcattr.cli.explain",
