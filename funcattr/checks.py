@@ -14,9 +14,15 @@ then check the result, reporting every problem at once in one :class:`ModelCheck
 - **ruled modules whose forward never runs** (``MultiheadAttention.out_proj``: the attention
   uses its weight directly, so a rule on it has no effect);
 - **an un-canonized BatchNorm or residual model** in Zennit's form where a canonizer is
-  known (:func:`funcattr.canonizers.canonizers_for`): the fix names it.
+  known (:func:`funcattr.canonizers.canonizers_for`): the fix names it;
+- **modules in training mode whose output depends on it** (:func:`training_dependent`):
+  dropout makes two calls differ, batch norm makes a sample's explanation depend on the rest
+  of its batch. This one is checked for the plain gradient too (no composite): an
+  attribution of a model in training mode is random or batch-dependent whatever the rules.
+  Modules that behave alike in both modes are not reported (``nn.Module`` starts in training
+  mode; a ``Linear``/``ReLU`` model left there is explained correctly).
 
-The plain gradient (no composite) is never checked: nothing is claimed to be relevance.
+The other checks concern rules: the plain gradient (no composite) claims no relevance rule.
 Silence the warning with ``functionalize(..., check='ignore')`` or
 ``warnings.filterwarnings('ignore', category=funcattr.ModelCheckWarning)``.
 """
@@ -45,6 +51,8 @@ __all__ = [
     "is_norm",
     "never_called",
     "report_problems",
+    "training_dependent",
+    "training_problems",
 ]
 
 #: ``check=`` values: warn (default), raise a ``ValueError``, or check nothing.
@@ -58,7 +66,8 @@ _TRANSFORMER_FIX = ("use funcattr.transformers.AttnLRP() or CPLRP() (and funcatt
 
 
 class ModelCheckWarning(UserWarning):
-    """``functionalize`` found modules that would make the relevance quietly wrong.
+    """``functionalize`` found modules that would make the relevance quietly wrong (or, in
+    training mode, any attribution).
 
     Silence it with ``functionalize(..., check='ignore')`` or
     ``warnings.filterwarnings('ignore', category=funcattr.ModelCheckWarning)``.
@@ -137,6 +146,54 @@ def _unsafe(module: nn.Module, form: str) -> tuple[str, str] | None:
     return None
 
 
+_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+            nn.FeatureAlphaDropout)
+_BATCH_NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+_INSTANCE_NORM = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+
+
+def training_dependent(module: nn.Module) -> str | None:
+    """What ``module`` does wrong in training mode, or ``None`` (in eval mode, or a
+    module that computes the same in both): dropout with ``p > 0`` (and attention dropout of
+    ``MultiheadAttention`` and ``transformers``' attention modules), ``RReLU``'s random slope,
+    batch norm (batch statistics) and instance norm (its own statistics instead of the
+    tracked ones). Norms that track no running statistics are left out: ``eval()`` would not
+    change them."""
+    if not module.training:
+        return None
+    if isinstance(module, _DROPOUT) and module.p > 0:
+        return "dropout makes two calls differ"
+    if isinstance(module, nn.RReLU) and module.lower != module.upper:
+        return "its random slope makes two calls differ"
+    if is_attention(module) and _positive(getattr(module, "dropout", None)
+                                          if isinstance(module, nn.MultiheadAttention)
+                                          else getattr(module, "attention_dropout", None)):
+        return "attention dropout makes two calls differ"
+    tracked = getattr(module, "running_mean", None) is not None
+    if isinstance(module, _BATCH_NORM) and tracked:
+        return "batch statistics make a sample's explanation depend on the rest of its batch"
+    if isinstance(module, _INSTANCE_NORM) and tracked:
+        return "each sample is normalised by its own statistics, not the tracked ones"
+    return None
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+def training_problems(model: nn.Module) -> list[Problem]:
+    """A problem for each module of ``model`` in training mode whose output depends on it
+    (:func:`training_dependent`)."""
+    problems = []
+    for name, module in model.named_modules():
+        what = training_dependent(module)
+        if what is not None:
+            problems.append(Problem(name or "<root>", type(module).__name__,
+                                    f"in training mode, {what}",
+                                    "call model.eval() before explaining the model"))
+    return problems
+
+
 def _covered(name: str, rules: Mapping[str, Rule]) -> bool:
     """Whether ``name`` or a module inside it has a rule (attention ruled at its projections)."""
     prefix = f"{name}." if name else ""
@@ -148,12 +205,14 @@ def find_problems(model: nn.Module, view: nn.Module, rules: Mapping[str, Rule], 
     """Every problem of ``rules`` (resolved on ``view``, the canonized ``model``) in ``form``.
 
     ``canonized``: whether canonizers were applied (then no canonizer is suggested). In
-    Zennit's form only LRP composites are checked (some rule is an LRP rule): a composite of
-    modified gradients alone (guided backprop, DeconvNet) explains a gradient on purpose.
+    Zennit's form only LRP composites are checked for rules (some rule is an LRP rule): a
+    composite of modified gradients alone (guided backprop, DeconvNet) explains a gradient on
+    purpose. Modules in training mode (:func:`training_problems`) are reported for every
+    composite.
     """
+    problems = training_problems(model)
     if form == "relevance" and not any(isinstance(rule, LinearRule) for rule in rules.values()):
-        return []
-    problems = []
+        return problems
     modules = dict(view.named_modules())
     for name, module in modules.items():
         for child in never_called(module):
@@ -185,16 +244,17 @@ def find_problems(model: nn.Module, view: nn.Module, rules: Mapping[str, Rule], 
 
 
 def report_problems(problems: Sequence[Problem], owner: str, check: str,
-                    stacklevel: int = 3) -> None:
+                    stacklevel: int = 3, subject: str = "relevance") -> None:
     """Warn (``check='warn'``) or raise (``'raise'``) one message listing every problem,
-    grouped by what is wrong."""
+    grouped by what is wrong; ``subject`` names what would be wrong (``'attribution'`` for the
+    plain gradient)."""
     if not problems or check == "ignore":
         return
     groups: dict[tuple[str, str], list[Problem]] = {}
     for problem in problems:
         key = (problem.what, problem.fix)
         groups.setdefault(key, []).append(problem)
-    lines = [f"{owner}: {len(problems)} module(s) would make the relevance quietly wrong:"]
+    lines = [f"{owner}: {len(problems)} module(s) would make the {subject} quietly wrong:"]
     for (what, fix), members in groups.items():
         kinds = sorted({member.kind for member in members})
         names = ", ".join(member.name for member in members)

@@ -13,7 +13,12 @@ from typing import Any
 from torch import Tensor, nn
 
 from funcattr.canonizers import Canonizer, CompositeCanonizer, identity_transform
-from funcattr.checks import check_argument, find_problems, report_problems
+from funcattr.checks import (
+    check_argument,
+    find_problems,
+    report_problems,
+    training_problems,
+)
 from funcattr.composites import (
     COMPOSITES,
     Composite,
@@ -93,8 +98,10 @@ def functionalize(
         The model check (:mod:`funcattr.checks`): modules the composite leaves unruled
         although their gradient is not a relevance rule (LayerNorm, attention, GELU, LSTM,
         ...), rules that never run (``MultiheadAttention.out_proj``), an un-canonized
-        BatchNorm/residual model with a known canonizer. All problems are reported in one
-        :class:`funcattr.ModelCheckWarning` (``'warn'``) or ``ValueError`` (``'raise'``).
+        BatchNorm/residual model with a known canonizer, and (also without a composite)
+        dropout or batch norm in training mode (call ``model.eval()``). All problems are
+        reported in one :class:`funcattr.ModelCheckWarning` (``'warn'``) or ``ValueError``
+        (``'raise'``).
 
     Returns
     -------
@@ -123,10 +130,13 @@ def functionalize(
         view, transform = CompositeCanonizer(chain).apply(model)
     rules = assign_rules(view, composite)
     form = composite.form if composite is not None else "gradient_x_input"
-    if composite is not None and check != "ignore":
-        report_problems(find_problems(model, view, rules, form, bool(chain)),
-                        f"functionalize(model={type(model).__name__}, composite="
-                        f"{type(composite).__name__})", check)
+    if check != "ignore":
+        owner = (f"functionalize(model={type(model).__name__}, composite="
+                 f"{type(composite).__name__ if composite is not None else None})")
+        if composite is None:  # no rules to check; a model in training mode still is wrong
+            report_problems(training_problems(model), owner, check, subject="attribution")
+        else:
+            report_problems(find_problems(model, view, rules, form, bool(chain)), owner, check)
     params = model_params(model)
     return FunctionalModel(view, rules, transform, params, ParamKeys.of(model), form=form), params
 

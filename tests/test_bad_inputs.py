@@ -2,14 +2,14 @@
 
 ``KINDS`` lists the kinds of bad argument (a list where a tensor belongs, NaN, a meta tensor,
 the wrong dtype, params that are not a dict or have a misspelt key, a bad target, chunk size or
-generator, a model that returns a tuple, a non-finite attribution, an empty batch) with the
-exception and the message every function gives for it, written for a function called
-``{owner}``. ``FUNCTIONS`` lists the public functions with the arguments they take. The test
-runs every function with every kind of bad value of every argument it takes and checks the
-exception type and message; ``EXCEPTIONS`` lists, with a reason, the few cells where a
-function answers differently from the rest of its column (for example, every attributor
-returns an empty result for an empty batch, where a metric refuses one). The model is checked
-unchanged after every call.
+generator, a model that returns a tuple or is in training mode, a non-finite attribution, an
+empty batch) with the exception (or warning) and the message every function gives for it,
+written for a function called ``{owner}``. ``FUNCTIONS`` lists the public functions with the
+arguments they take. The test runs every function with every kind of bad value of every
+argument it takes and checks the exception type and message; ``EXCEPTIONS`` lists, with a
+reason, the few cells where a function answers differently from the rest of its column (for
+example, every attributor returns an empty result for an empty batch, where a metric refuses
+one). The model is checked unchanged after every call.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0), dtype=to
 ATTRIBUTION = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1),
                          dtype=torch.float64)
 MASKS = torch.rand(2, 8, 8, generator=torch.Generator().manual_seed(2)) > 0.3
+TRAINING = small_cnn().double().train()  # batch statistics: reported, never changed
 
 
 class TupleModel(nn.Module):
@@ -117,6 +118,12 @@ KINDS: dict[str, Kind] = {
         r"^{owner}\((fn|model)=\.\.\.\): expected a model that returns one tensor, got a tuple "
         r"of 2 \(.*\)\. Pick the output to explain with fn = "
         r"funcattr\.attribution\.select_output\(fn, 0\)"),
+    "model in training mode": Kind(  # a warning: the call goes on (issue 14 item 6)
+        "model", lambda a: "train", funcattr.ModelCheckWarning,
+        r"^functionalize\(model=SmallCNN, composite=\w+\): 1 module\(s\) would make the "
+        r"\w+ quietly wrong:\n- BatchNorm2d features\.2: in training mode, batch statistics "
+        r"make a sample's explanation depend on the rest of its batch\. Fix: call "
+        r"model\.eval\(\) before explaining the model\."),
     "attribution with NaN": Kind("attribution", lambda a: _nan(a["attribution"]), ValueError,
                                  r"^{owner}\(attribution=tensor of shape \(2, 3, 8, 8\)\): "
                                  r"expected finite values, got NaN or infinity"),
@@ -139,6 +146,9 @@ _FUNCTIONALIZED: dict[str, tuple] = {}
 
 
 def resolve(args: dict) -> Resolved:
+    if args["model"] == "train":  # functionalized by every call: each call is checked
+        module = TRAINING
+        return Resolved(module, *funcattr.functionalize(module, fc.EpsilonPlus()), True)
     if args["model"] not in _FUNCTIONALIZED:
         module = TupleModel().eval() if args["model"] == "tuple" else MODEL
         _FUNCTIONALIZED[args["model"]] = (module, *funcattr.functionalize(module, fc.EpsilonPlus()))
@@ -327,15 +337,19 @@ def test_bad_argument(name: str, kind_name: str) -> None:
     kind = KINDS[kind_name]
     error, message = EXCEPTIONS.get((name, kind_name), (kind.error, kind.message))
     args = dict(BASE, **dict(kind.also), **{kind.argument: kind.value(BASE)})
-    before = snapshot(MODEL)
+    before, before_training = snapshot(MODEL), snapshot(TRAINING)
     if error is None:  # an empty result: the output of no samples
         output = FUNCTIONS[name].run(args)[0]
         assert output.shape[0] == 0
+    elif issubclass(error, Warning):  # warned, then computed
+        with pytest.warns(error, match=message):
+            FUNCTIONS[name].run(args)
     else:
         owner = FUNCTIONS[name].owner or name
         with pytest.raises(error, match=message.replace("{owner}", owner)):
             FUNCTIONS[name].run(args)
     assert_unchanged(MODEL, before)
+    assert_unchanged(TRAINING, before_training)
 
 
 def test_the_table_covers_every_public_function_and_kind() -> None:

@@ -160,3 +160,51 @@ def test_the_model_check_does_not_touch_the_model() -> None:
     with pytest.warns(funcattr.ModelCheckWarning):
         funcattr.functionalize(model, EpsilonPlusFlat())
     assert_unchanged(model, before)
+
+
+@pytest.mark.skipif(not HAS_TEXT, reason="needs the text extra: pip install 'funcattr[text]'")
+def test_the_issues_bert_crashes_are_errors_that_say_the_fix() -> None:
+    """Issue 12: integer input_ids ("only Tensors of floating point dtype can require
+    gradients"), an HF output object ("... object has no attribute 'detach'") and a rule on a
+    module returning a tuple (Pass on attention: "'tuple' object has no attribute '_base'")."""
+    import torch
+    from transformers import BertConfig, BertModel
+    from transformers.models.bert.modeling_bert import BertSelfAttention
+
+    from funcattr.transformers import input_embeddings
+
+    config = BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=8)
+    model = BertModel(config).eval()
+    ids = torch.randint(20, (1, 5), generator=torch.Generator().manual_seed(0))
+    fn, params = funcattr.functionalize(model, AttnLRP())
+    with pytest.raises(TypeError, match=r"^relevance\(input=tensor of shape \(1, 5\) of dtype "
+                                        r"torch\.int64\): expected a floating point input.*"
+                                        r"funcattr\.transformers\.input_embeddings"):
+        funcattr.relevance(fn, params, ids, funcattr.one_hot(0))
+    words = input_embeddings(model, ids)
+
+    def whole(params, x):
+        return fn(params, None, inputs_embeds=x)
+
+    with pytest.raises(TypeError, match=r"^relevance\(fn=\.\.\.\): expected a model that returns "
+                                        r"one tensor, got BaseModelOutputWithPoolingAndCrossAtten"
+                                        r"tions with fields last_hidden_state, pooler_output\. "
+                                        r"Pick the output.*embedding_function"):
+        funcattr.relevance(whole, params, words, funcattr.one_hot(0), form="gradient_x_input")
+    with pytest.raises(TypeError, match=r"^gradient\(fn=\.\.\.\): expected a model that returns "
+                                        r"one tensor, got a BaseModelOutputWithPoolingAndCross"
+                                        r"Attentions with keys \['last_hidden_state', "
+                                        r"'pooler_output'\]\. Pick the output .*select_output"):
+        funcattr.gradient(whole, params, words, funcattr.one_hot(0))
+    for attention in (nn.MultiheadAttention, BertSelfAttention):
+        composite = MixedComposite([LayerMapComposite([(attention, Pass())]), AttnLRP()])
+        target = model if attention is BertSelfAttention else small_vit()
+        fn, params = funcattr.functionalize(target, composite, check="ignore")
+        x = words if attention is BertSelfAttention else torch.randn(1, 3, 16, 16)
+        call = ((lambda p, u, fn=fn: fn(p, None, inputs_embeds=u).last_hidden_state)
+                if attention is BertSelfAttention else fn)
+        with pytest.raises(TypeError, match=rf"^Pass\(\) on {attention.__name__} .*: expected a "
+                                            r"module that returns one tensor shaped like its "
+                                            r"input, got tuple\. Give this module no rule"):
+            funcattr.relevance(call, params, x, funcattr.one_hot(0), form="gradient_x_input")

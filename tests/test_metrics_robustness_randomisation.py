@@ -157,7 +157,7 @@ def test_robustness_errors():
 
 def test_parameter_layers_and_randomise_params_do_not_mutate():
     model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(8, 2))
+                          nn.Linear(8, 2)).eval()  # batch statistics in training mode: warned
     explain = explainer(model)
     params = explain.params
     assert parameter_layers(params) == {"0": ["0.weight", "0.bias"], "1": ["1.weight", "1.bias"],

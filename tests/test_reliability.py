@@ -198,6 +198,100 @@ def test_item05_lrp0_equals_input_times_gradient_on_black_regions(path: str) -> 
 
 
 # --------------------------------------------------------------------------------------------
+# 6. A model in training mode
+# --------------------------------------------------------------------------------------------
+
+class DropoutNet(nn.Module):
+    """Linear, ReLU, Dropout(0.5), Linear: random in training mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(6)
+        self.body = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+
+_TRAINING = (r"^functionalize\(model={model}, composite={composite}\): {count} module\(s\) "
+             r"would make the {subject} quietly wrong:\n- {modules}: in training mode, {what}\. "
+             r"Fix: call model\.eval\(\) before explaining the model\.\n")
+_DROPOUT_MESSAGE = dict(model="DropoutNet", count=1, modules=r"Dropout body\.2",
+                        what="dropout makes two calls differ")
+_BATCH_NORM_MESSAGE = dict(model="SmallCNN", count=1, modules=r"BatchNorm2d features\.2",
+                           what="batch statistics make a sample's explanation depend on the "
+                                "rest of its batch")
+
+
+def test_item06_the_defect_dropout_and_batch_norm_in_training_mode() -> None:
+    """What the check is for: in training mode dropout makes two calls differ and batch norm
+    makes a sample's relevance depend on the rest of its batch."""
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
+    fn, params = funcattr.functionalize(DropoutNet().train(), fc.EpsilonPlus(), check="ignore")
+    first, second = (gradient(fn, params, x, one_hot(0, times_output=True))[1] for _ in range(2))
+    assert not torch.equal(first, second)
+    fn, params = funcattr.functionalize(small_cnn().train(), fc.EpsilonPlus(), check="ignore")
+    x = _x(batch=4)
+    alone = gradient(fn, params, x[:1], one_hot(0, times_output=True))[1]
+    batched = gradient(fn, params, x, one_hot(0, times_output=True))[1][:1]
+    assert (alone - batched).abs().max() > 1e-3 * alone.abs().max()
+
+
+@pytest.mark.parametrize("composite", [fc.EpsilonPlus(), None], ids=["epsilon_plus", "plain"])
+def test_item06_functionalize_warns_naming_the_modules_and_model_eval(composite) -> None:
+    """Dropout and BatchNorm in training mode are reported by name with the fix, for every
+    composite and for the plain gradient (an attribution of a random or batch-dependent model
+    is wrong whatever the rules); check='raise' makes it an error, 'ignore' silences it; the
+    model stays in training mode."""
+    name = type(composite).__name__ if composite is not None else "None"
+    subject = "relevance" if composite is not None else "attribution"
+    for make, parts in ((DropoutNet, _DROPOUT_MESSAGE), (small_cnn, _BATCH_NORM_MESSAGE)):
+        model = make().train()
+        before = snapshot(model)
+        message = _TRAINING.format(composite=name, subject=subject, **parts)
+        with pytest.warns(funcattr.ModelCheckWarning, match=message) as record:
+            funcattr.functionalize(model, composite)
+        assert len(record) == 1 and record[0].filename == __file__
+        with pytest.raises(ValueError, match=message):
+            funcattr.functionalize(model, composite, check="raise")
+        funcattr.functionalize(model, composite, check="ignore")
+        assert_unchanged(model, before)  # still in training mode, running statistics kept
+        funcattr.functionalize(model.eval(), composite, check="raise")
+
+
+def test_item06_every_way_in_warns_and_only_modes_that_matter_are_reported() -> None:
+    """composite.context, the Zennit-style classes and the metrics warn too; a model left in
+    training mode (nn.Module's default) whose modules compute the same in both modes is
+    silent, and so are norms that track no statistics (eval() would not change them)."""
+    model = DropoutNet().train()
+    x = torch.randn(2, 6, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(funcattr.ModelCheckWarning, match=r"^EpsilonPlus\.context\(model="
+                                                        r"DropoutNet\): 1 module.*\n- Dropout "
+                                                        r"body\.2: in training mode"):
+        with fc.EpsilonPlus().context(model):
+            pass
+    with pytest.warns(funcattr.ModelCheckWarning, match=r"Dropout body\.2: in training mode"):
+        with funcattr.attribution.Gradient(model) as attributor:
+            attributor(x, one_hot(0))
+    with pytest.warns(funcattr.ModelCheckWarning, match=r"Dropout body\.2: in training mode"):
+        fm.pixel_flipping(model, x, [0, 1], x.abs(), n_steps=2)
+    quiet = [nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3)),
+             nn.Sequential(nn.Linear(6, 4), nn.Dropout(0.0), nn.Linear(4, 3)),
+             nn.Sequential(nn.Linear(6, 4), nn.BatchNorm1d(4, track_running_stats=False))]
+    for module in quiet:
+        assert module.training
+        funcattr.functionalize(module, fc.EpsilonPlus(), check="raise")
+        funcattr.functionalize(module, check="raise")
+    loud = {"Dropout2d 0": nn.Dropout2d(0.1), "RReLU 0": nn.RReLU(),
+            "InstanceNorm1d 0": nn.InstanceNorm1d(4, track_running_stats=True),
+            "MultiheadAttention <root>": nn.MultiheadAttention(4, 2, dropout=0.1)}
+    for shown, module in loud.items():
+        wrapped = module if isinstance(module, nn.MultiheadAttention) else nn.Sequential(module)
+        with pytest.raises(ValueError, match=rf"- {shown}: in training mode, "):
+            funcattr.functionalize(wrapped, check="raise")
+
+
+# --------------------------------------------------------------------------------------------
 # 7. The params dict is checked
 # --------------------------------------------------------------------------------------------
 

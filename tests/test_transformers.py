@@ -13,6 +13,8 @@ import importlib.util
 import pytest
 import torch
 from helpers import assert_close, single_thread
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from reference.lxt import models
 from torch import nn
 
@@ -168,11 +170,11 @@ def test_causal_lm_equals_lxt(name: str, implementation: str) -> None:
 def random_vit(seed: int, zero_biases: bool = False, **config) -> nn.Module:
     from torchvision.models.vision_transformer import VisionTransformer
 
-    settings = {"image_size": 16, "patch_size": 4, "num_layers": 2, "num_heads": 2,
-                "hidden_dim": 16, "mlp_dim": 24, "num_classes": 5, **config}
+    arguments = {"image_size": 16, "patch_size": 4, "num_layers": 2, "num_heads": 2,
+                 "hidden_dim": 16, "mlp_dim": 24, "num_classes": 5, **config}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = VisionTransformer(**settings)
+        model = VisionTransformer(**arguments)
     models.randomize_constants(model, seed + 1)
     if zero_biases:
         with torch.no_grad():
@@ -182,14 +184,33 @@ def random_vit(seed: int, zero_biases: bool = False, **config) -> nn.Module:
     return model.double().eval()
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_cp_lrp_conserves_without_biases(seed: int) -> None:
-    model = random_vit(seed, zero_biases=True)
-    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+#: Laws on random small transformers: a few drawn models each (every one builds a model).
+LAWS = settings(max_examples=10, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@st.composite
+def vit_configs(draw) -> dict:
+    """A random small torchvision ViT: seed, depth, heads, widths, patch size, classes."""
+    heads = draw(st.sampled_from([1, 2, 4]))
+    return {"seed": draw(st.integers(0, 2**16)), "num_layers": draw(st.integers(1, 3)),
+            "num_heads": heads, "hidden_dim": heads * draw(st.sampled_from([2, 4, 8])),
+            "mlp_dim": draw(st.sampled_from([4, 16, 24])),
+            "patch_size": draw(st.sampled_from([4, 8])),
+            "num_classes": draw(st.integers(3, 6))}
+
+
+@LAWS
+@given(config=vit_configs(), batch=st.integers(1, 3))
+def test_cp_lrp_conserves_without_biases(config: dict, batch: int) -> None:
+    model = random_vit(zero_biases=True, **config)
+    x = torch.randn(batch, 3, 16, 16, generator=torch.Generator().manual_seed(config["seed"]))
+    target = config["num_classes"] - 1
     fn, params = funcattr.functionalize(model, CPLRP())
-    logits, relevance = funcattr.relevance(fn, params, x, funcattr.one_hot(2))
+    logits, relevance = funcattr.relevance(fn, params, x, funcattr.one_hot(target))
     total = relevance.flatten(1).sum(1)
-    assert torch.allclose(total, logits[:, 2], rtol=1e-8, atol=1e-8 * logits.abs().max())
+    assert torch.allclose(total, logits[:, target], rtol=1e-8,
+                          atol=1e-8 * logits.abs().max())
 
 
 def test_zennit_form_equals_gradient_seeded_with_the_output(rng) -> None:
@@ -207,10 +228,14 @@ def test_zennit_form_equals_gradient_seeded_with_the_output(rng) -> None:
 
 # torch's note that scaled_dot_product_attention has no batching rule under vmap on CPU
 @pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
-def test_vmap_per_sample_targets_equal_the_batch() -> None:
-    model = random_vit(3)
-    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(3))
-    targets = torch.tensor([0, 3, 1, 4])
+@LAWS
+@given(config=vit_configs(), batch=st.integers(1, 4), data=st.data())
+def test_vmap_per_sample_targets_equal_the_batch(config: dict, batch: int, data) -> None:
+    model = random_vit(**config)
+    x = torch.randn(batch, 3, 16, 16, generator=torch.Generator().manual_seed(config["seed"]))
+    classes = st.integers(0, config["num_classes"] - 1)
+    targets = torch.tensor(data.draw(st.lists(classes, min_size=batch, max_size=batch),
+                                     label="targets"))
     for composite in (AttnLRP(), CPLRP()):
         fn, params = funcattr.functionalize(model, composite)
         _, batched = funcattr.relevance(fn, params, x, funcattr.one_hot(targets))
@@ -223,12 +248,16 @@ def test_vmap_per_sample_targets_equal_the_batch() -> None:
 
 
 @pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
-@pytest.mark.parametrize("chunk_size", [None, 1, 2])
-def test_multi_target_rows_equal_single_targets(chunk_size) -> None:
-    model = random_vit(4)
-    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(4))
-    fn, params = funcattr.functionalize(model, AttnLRP())
-    classes = [4, 0, 2]
+@LAWS
+@given(config=vit_configs(), data=st.data())
+def test_multi_target_rows_equal_single_targets(config: dict, data) -> None:
+    model = random_vit(**config)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(config["seed"]))
+    classes = data.draw(st.lists(st.integers(0, config["num_classes"] - 1), min_size=1,
+                                 max_size=4), label="classes")
+    chunk_size = data.draw(st.sampled_from([None, 1, 2, 3]), label="chunk_size")
+    composite = data.draw(st.sampled_from([AttnLRP(), CPLRP()]), label="composite")
+    fn, params = funcattr.functionalize(model, composite)
 
     def stacked(output):
         return torch.stack([funcattr.one_hot(c)(output) for c in classes])
@@ -283,12 +312,13 @@ def test_the_model_and_torch_are_untouched(small_vit) -> None:
 # transformers models: a random tiny BERT and GPT-2
 # --------------------------------------------------------------------------------------------
 
-def tiny_bert(implementation: str = "eager", seed: int = 0) -> nn.Module:
+def tiny_bert(implementation: str = "eager", seed: int = 0, layers: int = 2,
+              heads: int = 2) -> nn.Module:
     from transformers import BertConfig, BertModel
 
-    config = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=24, max_position_embeddings=32,
-                        attn_implementation=implementation)
+    config = BertConfig(vocab_size=40, hidden_size=8 * heads, num_hidden_layers=layers,
+                        num_attention_heads=heads, intermediate_size=24,
+                        max_position_embeddings=32, attn_implementation=implementation)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = BertModel(config)
@@ -297,21 +327,25 @@ def tiny_bert(implementation: str = "eager", seed: int = 0) -> nn.Module:
 
 
 @needs_text
-@pytest.mark.parametrize("composite", [AttnLRP(), CPLRP()], ids=["attnlrp", "cp"])
-def test_padded_batch_equals_each_sentence_alone_and_eager_equals_sdpa(composite) -> None:
-    generator = torch.Generator().manual_seed(11)
-    ids = torch.randint(1, 40, (3, 7), generator=generator)
-    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5])
+@LAWS
+@given(seed=st.integers(0, 2**16), layers=st.integers(1, 2), heads=st.sampled_from([1, 2]),
+       lengths=st.lists(st.integers(1, 7), min_size=1, max_size=3),
+       composite=st.sampled_from([AttnLRP(), CPLRP()]))
+def test_padded_batch_equals_each_sentence_alone_and_eager_equals_sdpa(
+        seed: int, layers: int, heads: int, lengths: list[int], composite) -> None:
+    width = max(lengths)
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 40, (len(lengths), width), generator=generator)
+    mask = torch.tensor([[1] * n + [0] * (width - n) for n in lengths])
     results = {}
     for implementation in ("eager", "sdpa"):
-        model = tiny_bert(implementation)
+        model = tiny_bert(implementation, seed, layers, heads)
         fn, params = funcattr.functionalize(model, composite)
         words = input_embeddings(model, ids)
         embed = embedding_function(fn, attention_mask=mask, pool="mean")
         _, batch = funcattr.relevance(embed, params, words, funcattr.one_hot(3))
         assert bool((batch[mask == 0] == 0).all())
-        for row in range(3):
-            length = int(mask[row].sum())
+        for row, length in enumerate(lengths):
             alone = embedding_function(fn, attention_mask=mask[row:row + 1, :length],
                                        pool="mean")
             _, single = funcattr.relevance(alone, params, words[row:row + 1, :length],

@@ -7,8 +7,9 @@ the table stays what the code builds.
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from typing import Any
 
 from torch import nn
@@ -38,7 +39,9 @@ from funcattr.rules import (
 
 __all__ = [
     "COMPOSITES",
+    "PROVIDERS",
     "BetaSmooth",
+    "CompositeRegistry",
     "DeconvNet",
     "EpsilonAlpha2Beta1",
     "EpsilonAlpha2Beta1Flat",
@@ -59,7 +62,54 @@ __all__ = [
 # Registry
 # --------------------------------------------------------------------------------------------
 
-COMPOSITES: dict[str, type[Composite]] = {}
+#: Composites that modules of higher layers register, by name -> the module that registers
+#: them (imported on the registry's first read, so that ``functionalize(model, 'attn_lrp')``
+#: and ``funcattr explain --composite attn_lrp`` work in a fresh process).
+PROVIDERS: dict[str, str] = {
+    "attn_lrp": "funcattr.transformers.composites",
+    "cp_lrp": "funcattr.transformers.composites",
+}
+
+
+class CompositeRegistry(MutableMapping):
+    """``name -> Composite subclass``; the first read imports the modules of
+    :data:`PROVIDERS`, whose ``@register_composite`` adds their entries."""
+
+    def __init__(self) -> None:
+        self._classes: dict[str, type[Composite]] = {}
+        self._loaded = False
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True  # first: a provider's own registration reads nothing back
+            for module in dict.fromkeys(PROVIDERS.values()):
+                importlib.import_module(module)
+
+    def __getitem__(self, name: str) -> type[Composite]:
+        self._load()
+        return self._classes[name]
+
+    def __setitem__(self, name: str, cls: type[Composite]) -> None:
+        self._classes[name] = cls
+
+    def __delitem__(self, name: str) -> None:
+        self._load()
+        del self._classes[name]
+
+    def __iter__(self) -> Iterator[str]:
+        self._load()
+        return iter(self._classes)
+
+    def __len__(self) -> int:
+        self._load()
+        return len(self._classes)
+
+    def __repr__(self) -> str:
+        self._load()
+        return f"COMPOSITES({', '.join(self._classes)})"
+
+
+COMPOSITES = CompositeRegistry()
 
 
 def register_composite(name: str) -> Callable[[type], type]:
