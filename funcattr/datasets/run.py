@@ -44,6 +44,7 @@ from funcattr.datasets.store import (
     ChunkWriter,
     Column,
     StoreFullError,
+    StoreSettingsError,
     create_group,
     differences,
     header_of,
@@ -283,10 +284,10 @@ def _prepare(job: Job, dataset: Any, folder: Path, group: str, batch_size: int, 
     if header is not None and mode == "resume":
         changed = differences(header["settings"], settings)
         if changed:
-            raise ValueError(
+            raise StoreSettingsError(
                 f"{owner}(path={str(folder)!r}): the store there was written with other "
                 f"settings, so its items cannot be continued: " + "; ".join(changed) +
-                ". Pass mode='overwrite' to start a new run there, or another path."
+                ". Pass mode='overwrite' to start a new run there, or another path.", changed
             )
     columns = _TABLE + _columns(job, {name: rows for name, rows in values.items()})
     items = len(dataset)

@@ -43,6 +43,7 @@ __all__ = [
     "ChunkWriter",
     "Column",
     "StoreFullError",
+    "StoreSettingsError",
     "create_group",
     "differences",
     "header_of",
@@ -68,6 +69,23 @@ COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
 
 class StoreFullError(OSError):
     """The disk (or quota) ran full while writing a chunk; the store stays resumable."""
+
+
+class StoreSettingsError(ValueError):
+    """A store to resume was written with other settings (by another run).
+
+    Attributes
+    ----------
+    differences : list of str
+        One line per differing setting, e.g. ``"seed: 0 in the store, 5 now"``.
+    """
+
+    def __init__(self, message: str, differences: list[str] | tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.differences = list(differences)
+
+    def __reduce__(self) -> tuple:  # pickled to the other ranks with its differences
+        return type(self), (str(self), self.differences)
 
 
 @dataclass(frozen=True)
