@@ -30,6 +30,8 @@ from funcattr.demo import load_demo_model
 from funcattr.metrics import pixel_flipping, relevance_mass_accuracy
 
 BATCH = 4
+# the store's mechanics, compared with the same un-canonized functionalize: un-canonized on purpose
+pytestmark = pytest.mark.filterwarnings("ignore::funcattr.ModelCheckWarning")
 
 
 @pytest.fixture(scope="module")
