@@ -34,6 +34,7 @@ from funcattr.datasets import (
     StoreSettingsError,
 )
 from funcattr.datasets.distributed import Processes
+from funcattr.datasets.sources import MASK_SUFFIX
 from funcattr.demo import IMAGE_SIZE
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "check_dataset_use",
     "dataset_attributor",
     "dataset_device",
+    "dataset_has_masks",
     "dataset_options",
     "library_errors",
     "load_dataset",
@@ -171,7 +173,16 @@ def load_dataset(spec: DatasetSpec, loaded: LoadedModel) -> torch.utils.data.Dat
             from error
 
 
-def dataset_device(device: str) -> str | None:
+def dataset_has_masks(dataset: torch.utils.data.Dataset) -> bool:
+    """Whether the items have object masks: the demo's do; a folder's first image needs a
+    ``NAME_mask.png`` beside it."""
+    if isinstance(dataset, DemoDataset):
+        return True
+    first = Path(dataset.samples[0][0])
+    return first.with_name(f"{first.stem}{MASK_SUFFIX}.png").is_file()
+
+
+def dataset_device(device: str) -> str:
     """The device of this process: ``auto`` is the library's default (CUDA if available,
     ``cuda:LOCAL_RANK`` under torchrun, else the CPU); ``cuda`` under torchrun is the local
     rank's GPU."""
