@@ -241,7 +241,8 @@ def library_errors(output: Path, what: str) -> Iterator[None]:
                 ) from error
             except StoreFullError as error:
                 raise click.ClickException(
-                    f"--output {output}: the disk is full ({error.strerror}). The items done "
+                    f"--output {output}: the disk is full ({os.strerror(error.errno)}). The "
+                    f"items done "
                     f"so far are kept: free space and run the same command again (it "
                     f"continues), or choose another --output."
                 ) from error
