@@ -135,8 +135,8 @@ def test_another_runs_store_is_refused_saying_what_differs(tmp_path):
     out = tmp_path / "run"
     assert invoke("explain", "-d", "demo:4", "-b", 4, "-o", out, "-q").exit_code == 0
     refused = invoke("explain", "-d", "demo:4", "-b", 4, "--dtype", "float32", "-o", out)
-    line = assert_one_line_error(refused, f"--output {out} holds a store written by another "
-                                          f"run")
+    line = assert_one_line_error(refused, f"Invalid value for --output: {out} holds a store "
+                                          f"written by another run", 2)
     assert "dtype: 'float16' in the store, 'float32' now" in line
     assert line.endswith("Pass --overwrite to start a new run there, or choose another "
                          "--output.")

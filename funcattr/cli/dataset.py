@@ -234,10 +234,11 @@ def library_errors(output: Path, what: str) -> Iterator[None]:
             try:
                 yield
             except StoreSettingsError as error:
-                raise click.ClickException(
-                    f"--output {output} holds a store written by another run, which this "
-                    f"command cannot continue: {'; '.join(error.differences)}. Pass --overwrite "
-                    f"to start a new run there, or choose another --output."
+                raise click.BadParameter(
+                    f"{output} holds a store written by another run, which this command "
+                    f"cannot continue: {'; '.join(error.differences)}. Pass --overwrite to "
+                    f"start a new run there, or choose another --output.",
+                    param_hint="--output",
                 ) from error
             except StoreFullError as error:
                 raise click.ClickException(
