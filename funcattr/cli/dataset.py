@@ -102,6 +102,7 @@ def dataset_options(function: Callable | None = None, *,
     def decorate(function: Callable) -> Callable:
         options = [
             click.option("--dataset", "-d", type=DatasetType(), default=None,
+                         metavar="FOLDER|demo:N",
                          help="Explain a whole dataset into a resumable store in --output "
                               "instead of IMAGES: a FOLDER of images (class sub-folders as "
                               "labels) or demo:N (N generated demo images with masks). "
