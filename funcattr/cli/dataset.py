@@ -6,7 +6,8 @@ through :func:`funcattr.datasets.explain_dataset` instead of one file per image:
 batches, resumed when the same command runs again, split over the processes of ``torchrun``
 (``torchrun --nproc-per-node N -m funcattr explain --dataset ...``). This module holds what
 both commands share: the options, the dataset, the attributor's options, the processes and
-the one-line errors (another run's store, a full disk, a bad folder).
+the one-line errors (another run's store, a full disk, a bad folder). :mod:`funcattr.datasets`
+(and zarr) load only when ``--dataset`` is given.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import torch
@@ -27,15 +28,10 @@ from funcattr.cli.attributors import CHUNK_PIXELS
 from funcattr.cli.models import LoadedModel
 from funcattr.cli.options import explicit
 from funcattr.cli.output import reported_errors
-from funcattr.datasets import (
-    DemoDataset,
-    ImageFolder,
-    StoreFullError,
-    StoreSettingsError,
-)
-from funcattr.datasets.distributed import Processes
-from funcattr.datasets.sources import MASK_SUFFIX
 from funcattr.demo import IMAGE_SIZE
+
+if TYPE_CHECKING:
+    from funcattr.datasets.distributed import Processes
 
 __all__ = [
     "DATASET_BATCH_SIZE",
@@ -159,6 +155,8 @@ def load_dataset(spec: DatasetSpec, loaded: LoadedModel) -> torch.utils.data.Dat
     """The dataset of ``--dataset`` for ``loaded``'s input: the demo images (64x64, only for
     a model of that input size), or an image folder resized as the per-image command does
     (shorter side to the model's resize, centre crop to its input size)."""
+    from funcattr.datasets import DemoDataset, ImageFolder
+
     if spec.demo:
         if loaded.input_size != IMAGE_SIZE:
             raise click.BadParameter(
@@ -177,6 +175,9 @@ def load_dataset(spec: DatasetSpec, loaded: LoadedModel) -> torch.utils.data.Dat
 def dataset_has_masks(dataset: torch.utils.data.Dataset) -> bool:
     """Whether the items have object masks: the demo's do; a folder's first image needs a
     ``NAME_mask.png`` beside it."""
+    from funcattr.datasets import DemoDataset
+    from funcattr.datasets.sources import MASK_SUFFIX
+
     if isinstance(dataset, DemoDataset):
         return True
     first = Path(dataset.samples[0][0])
@@ -217,6 +218,8 @@ def dataset_attributor(name: str, fn: Callable, values: dict[str, Any],
 def processes(device: str | None) -> Iterator[Processes]:
     """This process's place among those of ``torchrun`` (one process without it); the process
     group is started once for all the command's runs and closed at the end."""
+    from funcattr.datasets.distributed import Processes
+
     with reported_errors("starting the processes of torchrun",
                          fix="Check the torchrun rendezvous options;"):
         joined = Processes.start(device)
@@ -230,6 +233,8 @@ def processes(device: str | None) -> Iterator[Processes]:
 def library_errors(output: Path, what: str) -> Iterator[None]:
     """The errors of a dataset run as one line: another run's store (with what differs), a
     full disk, anything else (as :func:`~funcattr.cli.output.reported_errors`)."""
+    from funcattr.datasets import StoreFullError, StoreSettingsError
+
     try:
         with reported_errors(what, memory="lower --batch-size (or --chunk-size)"):
             try:

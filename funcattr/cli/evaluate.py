@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import torch
@@ -76,13 +76,6 @@ from funcattr.cli.samples import (
     none_readable,
 )
 from funcattr.composites import COMPOSITES
-from funcattr.datasets import (
-    DATASET_METRICS,
-    DEFAULT_DATASET_METRICS,
-    DatasetStore,
-    evaluate_dataset,
-)
-from funcattr.datasets.evaluation import LOCALISATION, higher_is_better
 from funcattr.functional import functionalize
 from funcattr.metrics import (
     EvaluationTable,
@@ -92,6 +85,9 @@ from funcattr.metrics import (
     write_table,
 )
 from funcattr.metrics.registry import DEFAULT_METRICS, METRIC_SPECS, metric_keywords
+
+if TYPE_CHECKING:
+    from funcattr.datasets import DatasetStore
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -662,6 +658,9 @@ def run_evaluate(ctx: click.Context, **options: Any) -> dict:
 
 def _dataset_metrics(values: Sequence[str], masks: bool) -> tuple[tuple[str, ...], list[str]]:
     """``--metric`` for a dataset run (names of ``DATASET_METRICS``, or all) and notes."""
+    from funcattr.datasets import DATASET_METRICS, DEFAULT_DATASET_METRICS
+    from funcattr.datasets.evaluation import LOCALISATION
+
     names = _split(values)
     if not names:
         chosen = DEFAULT_DATASET_METRICS
@@ -694,6 +693,8 @@ def _dataset_metrics(values: Sequence[str], masks: bool) -> tuple[tuple[str, ...
 
 def _store_table(stores: dict[str, DatasetStore]) -> EvaluationTable:
     """The table of the stores' per-item metric values (done items; NaN left out of means)."""
+    from funcattr.datasets.evaluation import higher_is_better
+
     values: dict[str, dict[str, Tensor]] = {}
     higher: dict[str, bool] = {}
     for name, store in stores.items():
@@ -712,6 +713,8 @@ def _store_table(stores: dict[str, DatasetStore]) -> EvaluationTable:
 def run_evaluate_dataset(ctx: click.Context, **options: Any) -> dict[str, DatasetStore]:
     """The body of ``funcattr evaluate --dataset``: one store per method in
     ``OUTPUT/METHOD/``, then the table; returns the stores, opened for reading."""
+    from funcattr.datasets import evaluate_dataset
+
     quiet = options["quiet"]
     methods = parse_methods(options["attributors"], options["composites"])
     check_option_use(ctx, [m.spec.name for m in methods], attributor_option_names(),

@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
@@ -74,10 +74,12 @@ from funcattr.cli.samples import (
     load_samples,
     none_readable,
 )
-from funcattr.datasets import DatasetStore, explain_dataset
 from funcattr.functional import functionalize
 from funcattr.image import CMAPS, get_cmap, imgify
 from funcattr.report import HeatmapEntry, ReportEntry, render_report
+
+if TYPE_CHECKING:
+    from funcattr.datasets import DatasetStore
 
 __all__ = ["NEAR_MASK_PIXELS", "STEP_PIXELS", "TargetSpec", "auto_batch_size", "explain",
            "run_explain"]
@@ -336,6 +338,8 @@ def _dataset_target(target: TargetSpec, loaded: LoadedModel) -> tuple[str | int,
 def run_explain_dataset(ctx: click.Context, **options: Any) -> DatasetStore:
     """The body of ``funcattr explain --dataset``: the store of the whole dataset (see
     :mod:`funcattr.cli.dataset`); returns it, opened for reading."""
+    from funcattr.datasets import explain_dataset
+
     attributor = options["attributor"]
     _check_explain_options(ctx, attributor)
     device = dataset_device(options["device"])
