@@ -16,6 +16,11 @@ second of
 - ``demo w0`` / ``demo w1``: on the procedural dataset itself, loading in the main process or
   in one ``DataLoader`` worker (rendering the images is part of the cost);
 - ``torchrun 2x1``: ``demo w0`` under ``torchrun --nproc-per-node 2``, one thread per rank.
+- ``floor``: the bare loop plus the work any store of the relevance must add per batch:
+  stacking the items into a batch, converting the relevance to float16, compressing it with
+  the store's compressor and decompressing it once (the class means need every map). Its
+  ratio to ``bare`` is the *ceiling*: the lowest ratio any implementation of the store
+  could reach on this machine, as ``bench_metrics.py`` states its ceiling.
 
 Every case runs in a fresh subprocess with ``OMP_NUM_THREADS`` set (1 for everything except
 the ``bare 2t`` reference, which uses 2 threads in one process), timed inside the process
@@ -120,6 +125,8 @@ def child(spec: dict) -> dict:
 
     model, composite, canonizers, dataset = _setup(spec)
     batch = spec["batch_size"]
+    if spec["case"] == "floor":
+        return _floor(spec, model, composite, canonizers, dataset)
     if spec["case"].startswith("bare"):
         images, _ = _preload(dataset)
         fn, params = funcattr.functionalize(model, composite, canonizers)
@@ -139,6 +146,32 @@ def child(spec: dict) -> dict:
                     canonizers=canonizers, attributor=spec["attributor"],
                     options=_options(spec), batch_size=batch,
                     num_workers=spec.get("workers", 0), progress=False)
+    return {"seconds": time.perf_counter() - start, "cpu": _cpu() - cpu}
+
+
+def _floor(spec: dict, model, composite, canonizers, dataset) -> dict:
+    """The bare loop with the unavoidable work of a store (see the module docstring)."""
+    import numcodecs
+
+    import funcattr
+    from funcattr.datasets.store import COMPRESSOR
+
+    codec = numcodecs.Blosc(cname=COMPRESSOR.cname.name, clevel=COMPRESSOR.clevel,
+                            shuffle=numcodecs.Blosc.BITSHUFFLE)  # what the store's codec runs
+    images, _ = _preload(dataset)
+    rows = list(images)
+    fn, params = funcattr.functionalize(model, composite, canonizers)
+    function = getattr(funcattr, spec["attributor"])
+    options = _options(spec)
+    if spec["attributor"] == "smooth_grad":
+        options["generator"] = torch.Generator().manual_seed(0)
+    batch = spec["batch_size"]
+    start, cpu = time.perf_counter(), _cpu()
+    for first in range(0, len(images), batch):
+        x = torch.stack(rows[first:first + batch])
+        _, relevance = function(fn, params, x, funcattr.one_hot(None), **options)
+        stored = relevance.to(torch.float16).numpy()
+        codec.decode(codec.encode(stored))
     return {"seconds": time.perf_counter() - start, "cpu": _cpu() - cpu}
 
 
@@ -174,7 +207,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models", default="demo,resnet18")
     parser.add_argument("--attributors", default="gradient,smooth_grad")
-    parser.add_argument("--cases", default="bare,bare 2t,memory,demo w0,demo w1,torchrun 2x1")
+    parser.add_argument("--cases",
+                        default="bare,floor,bare 2t,memory,demo w0,demo w1,torchrun 2x1")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -185,6 +219,7 @@ def main() -> None:
 
     cases = {
         "bare": {"case": "bare"},
+        "floor": {"case": "floor"},
         "bare 2t": {"case": "bare", "threads": 2},
         "memory": {"case": "memory"},
         "demo w0": {"case": "demo"},

@@ -30,6 +30,8 @@ from funcattr.demo import load_demo_model
 from funcattr.metrics import pixel_flipping, relevance_mass_accuracy
 
 BATCH = 4
+# the store's mechanics, compared with the same un-canonized functionalize: un-canonized on purpose
+pytestmark = pytest.mark.filterwarnings("ignore::funcattr.ModelCheckWarning")
 
 
 @pytest.fixture(scope="module")
@@ -225,6 +227,19 @@ def test_broken_items_are_recorded_and_skipped(model, tmp_path):
     assert store.summary["failed"] == 3
     stats = (tmp_path / "run" / "class_stats.csv").read_text().splitlines()
     assert stats[-1].startswith("all,all,5,3,")
+
+
+def test_collate_fails_non_finite_images_only():
+    from funcattr.datasets.items import Loaded, collate
+
+    huge = torch.full((3, 4, 4), 3e38)  # finite, but its sum overflows to infinity
+    infinite, zeros = torch.zeros(3, 4, 4), torch.zeros(3, 4, 4)
+    infinite[1, 2, 3] = float("inf")
+    batch = collate([Loaded(k, image, 0, None, "") for k, image in
+                     enumerate([huge, infinite, zeros])])
+    assert batch.ok.tolist() == [True, False, True] and batch.images.shape == (2, 3, 4, 4)
+    assert batch.errors[1] == "non-finite values (NaN or infinity) in the image"
+    assert torch.equal(batch.images[0], huge)
 
 
 def test_corrupt_image_file_is_recorded(model, tmp_path):

@@ -8,6 +8,11 @@ per method, as ``table.csv``, with the settings and per-image values in ``evalua
 evaluated on its 12 shipped sample images (or ``--samples N`` generated test images), whose
 object masks are known. See ``docs/metrics.md`` (section "Command line").
 
+With ``--dataset FOLDER`` or ``--dataset demo:N``, each method evaluates the whole dataset
+into a store of its own, ``OUTPUT/METHOD/`` (:func:`funcattr.datasets.evaluate_dataset`:
+streamed, resumable, split over the processes of ``torchrun``), and the table is over the
+items done (see :mod:`funcattr.cli.dataset`).
+
 The methods come from the attributor registry, the metrics from the metric registry
 (:mod:`funcattr.metrics.registry`); nothing here lists them.
 """
@@ -22,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import torch
@@ -37,6 +42,18 @@ from funcattr.cli.attributors import (
     resolve_attributor,
 )
 from funcattr.cli.canonizers import resolve_canonizers
+from funcattr.cli.dataset import (
+    DATASET_BATCH_SIZE,
+    check_dataset_use,
+    dataset_attributor,
+    dataset_device,
+    dataset_has_masks,
+    dataset_options,
+    library_errors,
+    load_dataset,
+    processes,
+    store_notes,
+)
 from funcattr.cli.group import COMMANDS, main
 from funcattr.cli.models import DEMO_MODELS, LoadedModel
 from funcattr.cli.options import (
@@ -59,6 +76,7 @@ from funcattr.cli.samples import (
     none_readable,
 )
 from funcattr.composites import COMPOSITES
+from funcattr.functional import functionalize
 from funcattr.metrics import (
     EvaluationTable,
     evaluate,
@@ -67,6 +85,9 @@ from funcattr.metrics import (
     write_table,
 )
 from funcattr.metrics.registry import DEFAULT_METRICS, METRIC_SPECS, metric_keywords
+
+if TYPE_CHECKING:
+    from funcattr.datasets import DatasetStore
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -86,6 +107,8 @@ DEFAULT_METHODS: tuple[str, ...] = (
 )
 _TABLE_CSV, _TABLE_MD, _JSON_FILE = "table.csv", "table.md", "evaluation.json"
 _TOOL_TAG = "funcattr evaluate"
+#: Options of the evaluation on images, refused with ``--dataset``.
+_IMAGES_ONLY = ("samples", "plot", "recursive", "allow_large_images")
 
 
 @dataclass(frozen=True)
@@ -422,6 +445,7 @@ def _merge(parts: list[Any]) -> Any:
                    + ", ".join(f"{n}.png" for n, s in METRIC_SPECS.items() if s.curves) + ".")
 @click.option("--output", "-o", type=click.Path(path_type=Path),
               default=Path("funcattr-evaluation"), show_default=True, help="Output folder.")
+@dataset_options(batch_size=True)
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @click.pass_context
 def evaluate_command(ctx: click.Context, **options: Any) -> None:
@@ -431,12 +455,21 @@ def evaluate_command(ctx: click.Context, **options: Any) -> None:
     per method) and evaluation.json to the output folder. A file NAME_mask.png next to NAME.png
     is the object mask the localisation metrics need. Without IMAGES, the demo's sample images
     are used.
+
+    With --dataset (a folder of images or demo:N), each method evaluates the whole dataset in
+    batches into a store of its own, OUTPUT/METHOD/ (resumable, shared by the processes of
+    torchrun), and the table (table.md, table.csv) is over all items.
     """
-    run_evaluate(ctx, **options)
+    check_dataset_use(ctx, _IMAGES_ONLY)
+    if options["dataset"] is not None:
+        run_evaluate_dataset(ctx, **options)
+    else:
+        run_evaluate(ctx, **options)
 
 
 def run_evaluate(ctx: click.Context, **options: Any) -> dict:
-    """The body of ``funcattr evaluate``; returns the record it writes to evaluation.json."""
+    """The body of ``funcattr evaluate`` on images; returns the record it writes to
+    evaluation.json."""
     started = time.perf_counter()
     quiet = options["quiet"]
     methods = parse_methods(options["attributors"], options["composites"])
@@ -617,3 +650,134 @@ def run_evaluate(ctx: click.Context, **options: Any) -> dict:
             click.echo(f"note: {note}", err=True)
         click.echo(f"wrote {', '.join(planned)} to {output_dir}/")
     return record
+
+
+# --------------------------------------------------------------------------------------------
+# --dataset: one store per method
+# --------------------------------------------------------------------------------------------
+
+def _dataset_metrics(values: Sequence[str], masks: bool) -> tuple[tuple[str, ...], list[str]]:
+    """``--metric`` for a dataset run (names of ``DATASET_METRICS``, or all) and notes."""
+    from funcattr.datasets import DATASET_METRICS, DEFAULT_DATASET_METRICS
+    from funcattr.datasets.evaluation import LOCALISATION
+
+    names = _split(values)
+    if not names:
+        chosen = DEFAULT_DATASET_METRICS
+        if masks:
+            return chosen, []
+        return (tuple(m for m in chosen if m not in LOCALISATION),
+                [f"skipped {', '.join(LOCALISATION)}: the images have no masks "
+                 f"(NAME_mask.png next to NAME.png)"])
+    chosen = []
+    for name in names:
+        if name == "all":
+            chosen += list(DATASET_METRICS)
+        elif name in DATASET_METRICS:
+            chosen.append(name)
+        elif name in METRIC_SPECS:
+            raise click.BadParameter(
+                f"{name!r} re-explains perturbed inputs, which a dataset run does not; expected "
+                f"all or one of: {', '.join(DATASET_METRICS)}. Evaluate {name} on IMAGES.",
+                param_hint="--metric")
+        else:
+            raise _unknown("a metric", name, list(DATASET_METRICS), "--metric", "all or ")
+    chosen = list(dict.fromkeys(chosen))
+    missing = [m for m in chosen if m in LOCALISATION]
+    if missing and not masks:
+        raise click.BadParameter(
+            f"{', '.join(missing)} need object masks, but the images have none (NAME_mask.png "
+            f"next to NAME.png). Add the masks or leave them out.", param_hint="--metric")
+    return tuple(chosen), []
+
+
+def _store_table(stores: dict[str, DatasetStore]) -> EvaluationTable:
+    """The table of the stores' per-item metric values (done items; NaN left out of means)."""
+    from funcattr.datasets.evaluation import higher_is_better
+
+    values: dict[str, dict[str, Tensor]] = {}
+    higher: dict[str, bool] = {}
+    for name, store in stores.items():
+        done = store.done()
+        for column, array in store.metrics.items():
+            direction = higher_is_better(column)
+            if len(array.shape) != 1 or direction is None:
+                continue
+            higher[column] = direction
+            values.setdefault(name, {})[column] = torch.from_numpy(array[:][done])
+    columns = tuple(dict.fromkeys(c for row in values.values() for c in row))
+    return EvaluationTable(attributors=tuple(stores), columns=columns, values=values,
+                           higher_is_better=higher)
+
+
+def run_evaluate_dataset(ctx: click.Context, **options: Any) -> dict[str, DatasetStore]:
+    """The body of ``funcattr evaluate --dataset``: one store per method in
+    ``OUTPUT/METHOD/``, then the table; returns the stores, opened for reading."""
+    from funcattr.datasets import evaluate_dataset
+
+    quiet = options["quiet"]
+    methods = parse_methods(options["attributors"], options["composites"])
+    check_option_use(ctx, [m.spec.name for m in methods], attributor_option_names(),
+                     "none of which is evaluated")
+    device = dataset_device(options["device"])
+    loaded = model_from_options({**options, "device": device})
+    dataset = load_dataset(options["dataset"], loaded)
+    metrics, notes = _dataset_metrics(options["metrics"], dataset_has_masks(dataset))
+    metric_options = parse_options(options["metric_options"], metrics)
+    canonizers, canonizer_text = resolve_canonizers(options["canonizer"], loaded)
+    window, stride = image_window(options, loaded.input_size)
+    values = attributor_values(options, window=window, stride=stride)
+    output: Path = options["output"]
+    target = "label" if options["target"] == "true" else "prediction"
+    stores: dict[str, DatasetStore] = {}
+    with processes(device) as joined:
+        for method in methods:
+            composite, _ = build_composite(method.composite or "none", loaded,
+                                           method.attributor)
+            chosen = canonizers if composite else None
+            with reported_errors(f"--attributor {method.name}"):
+                fn, _ = functionalize(loaded.model, composite, chosen)
+            function, kwargs = dataset_attributor(method.spec.name, fn, values,
+                                                  options["chunk_size"], loaded.input_size)
+            with library_errors(output / method.name,
+                                f"--dataset {options['dataset'].text} with --attributor "
+                                f"{method.name}"):
+                stores[method.name] = evaluate_dataset(
+                    loaded.model, dataset, output / method.name, metrics=metrics,
+                    metric_options=metric_options, composite=composite, canonizers=chosen,
+                    attributor=function, options=kwargs, target=target,
+                    times_output=True if options["times_output"] else None,
+                    dtype=options["dtype"], seed=options["seed"],
+                    batch_size=options["batch_size"] or DATASET_BATCH_SIZE,
+                    num_workers=options["workers"], device=device,
+                    mode="resume" if options["resume"] else "overwrite",
+                    retry_failed=options["retry_failed"], progress=False if quiet else None,
+                )
+    if joined.rank != 0:
+        return stores
+    table = _store_table(stores)
+    rendered = render_table(table)
+    write_table(table, path_csv=output / _TABLE_CSV)
+    (output / _TABLE_MD).write_text(rendered, encoding="utf-8")
+    if not quiet:
+        first = next(iter(stores.values()))
+        counts = first.counts()
+        overall = (first.summary or {}).get("classes", [{}])[-1]
+        accuracy = overall.get("accuracy")
+        correct = "" if accuracy is None else f", {accuracy:.0%} predicted correctly"
+        click.echo(
+            f"funcattr evaluate: {len(first)} items of {options['dataset'].text} ({counts['done']}"
+            f" done, {counts['failed']} failed){correct}, model {loaded.name}, explaining the "
+            f"{'true' if target == 'label' else 'predicted'} class, canonizer {canonizer_text}, "
+            f"seed {options['seed']}"
+        )
+        click.echo(rendered, nl=False)
+        click.echo("(means over the items done; ↑ higher / ↓ lower is better; best in bold)")
+        for note in notes:
+            click.echo(f"note: {note}", err=True)
+        for name, store in stores.items():
+            for note in store_notes(store.failures()):
+                click.echo(f"note: {name}: {note}", err=True)
+        folders = ", ".join(f"{name}/" for name in stores)
+        click.echo(f"wrote {folders} (a store each), {_TABLE_MD}, {_TABLE_CSV} to {output}/")
+    return stores

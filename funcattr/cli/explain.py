@@ -1,7 +1,9 @@
 """``funcattr explain``: heatmaps, raw relevance, a JSON summary and an HTML report.
 
 ``funcattr explain [IMAGES or FOLDERS ...]`` explains a model's predictions; with no images it
-explains the built-in demo model on its shipped sample images. See ``docs/cli.md``.
+explains the built-in demo model on its shipped sample images. With ``--dataset FOLDER`` or
+``--dataset demo:N`` it explains a whole dataset into a resumable store instead (see
+:mod:`funcattr.cli.dataset`). See ``docs/cli.md`` and ``docs/datasets.md``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import re
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
@@ -30,6 +32,17 @@ from funcattr.cli.attributors import (
     image_window,
 )
 from funcattr.cli.canonizers import resolve_canonizers
+from funcattr.cli.dataset import (
+    DATASET_BATCH_SIZE,
+    check_dataset_use,
+    dataset_attributor,
+    dataset_device,
+    dataset_options,
+    library_errors,
+    load_dataset,
+    processes,
+    store_notes,
+)
 from funcattr.cli.group import COMMANDS, main
 from funcattr.cli.heatmaps import (
     COLORBAR_LABELS,
@@ -65,6 +78,9 @@ from funcattr.functional import functionalize
 from funcattr.image import CMAPS, get_cmap, imgify
 from funcattr.report import HeatmapEntry, ReportEntry, render_report
 
+if TYPE_CHECKING:
+    from funcattr.datasets import DatasetStore
+
 __all__ = ["NEAR_MASK_PIXELS", "STEP_PIXELS", "TargetSpec", "auto_batch_size", "explain",
            "run_explain"]
 
@@ -76,6 +92,11 @@ NEAR_MASK_PIXELS = 2
 STEP_PIXELS = 1 << 16
 _SUMMARY_FILE = "summary.json"
 _TOOL_TAG = "funcattr explain"
+#: Options of the per-image output, refused with ``--dataset``.
+_IMAGES_ONLY = ("cmap", "level", "relevance_norm", "relevance_format", "recursive",
+                "allow_large_images")
+#: Classes listed in the summary of a ``--dataset`` run (all are in class_stats.csv).
+_LISTED_CLASSES = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +164,8 @@ def _check_cmap(ctx, param, value):
                    "names from `funcattr list canonizers` (comma-separated).")
 @click.option("--target", "-t", type=TargetType(), default="pred", show_default=True,
               help="Class to explain: pred (the prediction), an index, a class name, or topK "
-                   "for the K best classes (K heatmaps per image).")
+                   "for the K best classes (K heatmaps per image); with --dataset also true "
+                   "(each item's label).")
 @click.option("--times-output", is_flag=True,
               help="Seed with score * one-hot instead of one-hot (Zennit's example script; "
                    "LRP relevance then sums to the score). Occlusion always uses the score.")
@@ -164,6 +186,7 @@ def _check_cmap(ctx, param, value):
                                       "per image, or none.")
 @click.option("--output", "-o", type=click.Path(path_type=Path),
               default=Path("funcattr-output"), show_default=True, help="Output folder.")
+@dataset_options
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @click.pass_context
 def explain(ctx: click.Context, **options: Any) -> None:
@@ -171,17 +194,41 @@ def explain(ctx: click.Context, **options: Any) -> None:
 
     Without IMAGES, the demo's shipped sample images are explained. The output folder receives
     heatmaps/NAME.png, inputs/NAME.png, the raw relevance, summary.json and report.html.
+
+    With --dataset (a folder of images or demo:N), the whole dataset is explained in batches
+    into a store in the output folder (store.zarr, class_means.png, class_stats.csv): the
+    same command continues it after a crash, and under torchrun the processes share it.
     """
-    run_explain(ctx, **options)
+    if options["dataset"] is not None:
+        run_explain_dataset(ctx, **options)
+    else:
+        run_explain(ctx, **options)
 
 
-def run_explain(ctx: click.Context, **options: Any) -> dict:
-    """The body of ``funcattr explain``; returns the summary it writes."""
-    attributor = options["attributor"]
-    spec = ATTRIBUTORS[attributor]
+def _check_explain_options(ctx: click.Context, attributor: str) -> None:
+    check_dataset_use(ctx, _IMAGES_ONLY)
     check_option_use(ctx, [attributor],
                      [*attributor_option_names(), "seed", "chunk_size"], f"not {attributor}")
     check_composite_use(ctx, [attributor])
+
+
+def _functionalized(loaded: LoadedModel, composite: Any, canonizers: list,
+                    composite_text: str, canonizer_text: str) -> tuple:
+    """``functionalize`` of the model, its errors naming the options."""
+    try:
+        return functionalize(loaded.model, composite, canonizers)
+    except (ValueError, TypeError) as error:
+        raise click.ClickException(
+            f"--composite {composite_text} / --canonizer {canonizer_text} do not fit --model "
+            f"{loaded.name}: {error} Choose another --composite or --canonizer."
+        ) from error
+
+
+def run_explain(ctx: click.Context, **options: Any) -> dict:
+    """The body of ``funcattr explain`` on images; returns the summary it writes."""
+    attributor = options["attributor"]
+    spec = ATTRIBUTORS[attributor]
+    _check_explain_options(ctx, attributor)
     quiet = options["quiet"]
     started = time.perf_counter()
     output_dir: Path = options["output"]
@@ -201,13 +248,7 @@ def run_explain(ctx: click.Context, **options: Any) -> dict:
     size = loaded.input_size
     window, stride = image_window(options, size)
     values = attributor_values(options, window=window, stride=stride)
-    try:
-        fn, params = functionalize(loaded.model, composite, canonizers)
-    except (ValueError, TypeError) as error:
-        raise click.ClickException(
-            f"--composite {composite_text} / --canonizer {canonizer_text} do not fit --model "
-            f"{loaded.name}: {error} Choose another --composite or --canonizer."
-        ) from error
+    fn, params = _functionalized(loaded, composite, canonizers, composite_text, canonizer_text)
 
     settings = {
         "model": loaded.name,
@@ -278,6 +319,94 @@ def run_explain(ctx: click.Context, **options: Any) -> dict:
             click.echo(f"note: {note}", err=True)
         _print_summary(summary, output_dir, options["relevance_format"])
     return summary
+
+
+def _dataset_target(target: TargetSpec, loaded: LoadedModel) -> tuple[str | int, str]:
+    """``--target`` for a dataset run: the library's target and its description."""
+    names = [n.lower() for n in loaded.class_names or ()]
+    if target.kind == "name" and str(target.value).lower() == "true" and "true" not in names:
+        return "label", "true class (label)"
+    if target.kind == "top":
+        raise click.BadParameter(
+            f"top{target.value} applies to IMAGES; a --dataset store holds one explanation per "
+            f"item. Pass pred, true, a class index or a class name.", param_hint="--target")
+    target = _resolve_target(target, loaded)
+    library = "prediction" if target.kind == "pred" else int(target.value)
+    return library, _describe_target(target, loaded)
+
+
+def run_explain_dataset(ctx: click.Context, **options: Any) -> DatasetStore:
+    """The body of ``funcattr explain --dataset``: the store of the whole dataset (see
+    :mod:`funcattr.cli.dataset`); returns it, opened for reading."""
+    from funcattr.datasets import explain_dataset
+
+    attributor = options["attributor"]
+    _check_explain_options(ctx, attributor)
+    device = dataset_device(options["device"])
+    loaded = model_from_options({**options, "device": device})
+    dataset = load_dataset(options["dataset"], loaded)
+    target, target_text = _dataset_target(options["target"], loaded)
+    composite, composite_text = build_composite(options["composite"], loaded, attributor)
+    canonizers, canonizer_text = resolve_canonizers(options["canonizer"], loaded)
+    window, stride = image_window(options, loaded.input_size)
+    values = attributor_values(options, window=window, stride=stride)
+    fn, _ = _functionalized(loaded, composite, canonizers, composite_text, canonizer_text)
+    function, attributor_kwargs = dataset_attributor(attributor, fn, values,
+                                                     options["chunk_size"], loaded.input_size)
+    output: Path = options["output"]
+    quiet = options["quiet"]
+    with processes(device) as joined, library_errors(
+            output, f"--dataset {options['dataset'].text} with --attributor {attributor}"):
+        store = explain_dataset(
+            loaded.model, dataset, output, composite=composite, canonizers=canonizers,
+            attributor=function, options=attributor_kwargs, target=target,
+            times_output=True if options["times_output"] else None, dtype=options["dtype"],
+            seed=options["seed"], batch_size=options["batch_size"] or DATASET_BATCH_SIZE,
+            num_workers=options["workers"], device=device,
+            mode="resume" if options["resume"] else "overwrite",
+            retry_failed=options["retry_failed"], progress=False if quiet else None,
+        )
+    if joined.rank == 0 and not quiet:
+        click.echo(
+            f"funcattr explain: {len(store)} items of {options['dataset'].text}, model "
+            f"{loaded.name}, attributor {attributor}, composite {composite_text}, canonizer "
+            f"{canonizer_text}, target {target_text}"
+        )
+        _print_store(store, output)
+    return store
+
+
+def _print_store(store: DatasetStore, output: Path) -> None:
+    """The counts, a table per class (the first :data:`_LISTED_CLASSES`) and the files."""
+    summary = store.summary or {}
+    sessions = len(store.sessions)
+    again = f" (session {sessions} of this store)" if sessions > 1 else ""
+    click.echo(f"  done {summary.get('done')}, failed {summary.get('failed')}, pending "
+               f"{summary.get('pending')}{again}")
+    rows = summary.get("classes", [])
+    labelled = any("accuracy" in row for row in rows)
+    width = max([10, *(len(str(row["name"])) for row in rows[-_LISTED_CLASSES - 1:])])
+    header = f"  {'class':<{width}} {'items':>6} {'failed':>6}"
+    header += f" {'accuracy':>8}" if labelled else ""
+    click.echo(header + f" {'score':>8} {'relevance+ share':>16}")
+    shown = [*rows[:-1][:_LISTED_CLASSES], rows[-1]] if rows else []
+    for row in shown:
+        line = f"  {str(row['name'])[:width]:<{width}} {row['items']:>6} {row['failed']:>6}"
+        if labelled:
+            line += f" {_cell(row.get('accuracy')):>8}"
+        click.echo(line + f" {_cell(row['score_mean']):>8} "
+                          f"{_cell(row['positive_share_mean']):>16}")
+    if len(rows) - 1 > _LISTED_CLASSES:
+        click.echo(f"  ({len(rows) - 1 - _LISTED_CLASSES} more classes in class_stats.csv)")
+    for note in store_notes(store.failures()):
+        click.echo(f"note: {note}", err=True)
+    files = ", ".join(["store.zarr", *summary.get("files", [])])
+    click.echo(f"wrote {files} to {output}/")
+    click.echo(f"read it with funcattr.datasets.open_store({str(output)!r})")
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _planned(samples: Sequence[Sample], count: int, relevance_format: str) -> list[str]:

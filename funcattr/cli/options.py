@@ -263,5 +263,6 @@ def input_options(function: Callable) -> Callable:
     """The image arguments and ``--batch-size`` (shared by subcommands)."""
     function = click.option("--batch-size", "-b", type=click.IntRange(min=1), default=None,
                             help="Images per step [default: about 2^16 input pixels, i.e. 16 "
-                                 "at 64x64, 1 at 224x224].")(function)
+                                 "at 64x64, 1 at 224x224; with --dataset 32 per batch and per "
+                                 "store chunk].")(function)
     return image_arguments(function)

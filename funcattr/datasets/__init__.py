@@ -21,7 +21,13 @@ from funcattr.datasets.items import Batch, Item, as_item
 from funcattr.datasets.reader import DatasetStore, open_store
 from funcattr.datasets.run import MODES, Job, run_job
 from funcattr.datasets.sources import IMAGE_EXTENSIONS, DemoDataset, ImageFolder
-from funcattr.datasets.store import DONE, FAILED, PENDING, StoreFullError
+from funcattr.datasets.store import (
+    DONE,
+    FAILED,
+    PENDING,
+    StoreFullError,
+    StoreSettingsError,
+)
 
 __all__ = [
     "DATASET_METRICS",
@@ -40,6 +46,7 @@ __all__ = [
     "Item",
     "Job",
     "StoreFullError",
+    "StoreSettingsError",
     "as_item",
     "evaluate_dataset",
     "explain_dataset",

@@ -2,16 +2,18 @@
 resumable and sharded over the processes of ``torchrun``.
 
 A *job* turns a :class:`~funcattr.datasets.items.Batch` into arrays with one row per loaded
-item; :func:`run_job` does everything else: it checks or creates the store, finds the chunks
-still pending, gives each process its own chunks, streams them through a ``DataLoader``
-(workers, pinned memory on GPUs), records items that fail, writes each chunk with its status
-last, shows progress and lets rank 0 summarise after a barrier. The explanation
+item; :func:`run_job` does everything else: it checks or creates the store, finds the units
+(a few consecutive batches) still pending, gives each process its own units, streams their
+batches through a ``DataLoader`` (workers, pinned memory on GPUs), records items that fail,
+writes the large columns after each batch and the small ones with the status last after each
+unit (see :mod:`funcattr.datasets.store`), shows progress and lets rank 0 summarise after a
+barrier. The explanation
 (:func:`funcattr.datasets.explain_dataset`) is one job; concept analyses can be others, in
 their own group of the same store.
 
-Every chunk is one batch of consecutive items, the same whatever the number of processes, so
-a job that is deterministic per batch gives the same values item for item under ``torchrun``
-as in one process.
+Every batch is the same whatever the number of processes (batch ``k`` holds the items
+``k * batch_size`` to ``(k + 1) * batch_size - 1``), so a job that is deterministic per batch
+gives the same values item for item under ``torchrun`` as in one process.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from funcattr.datasets.store import (
     ChunkWriter,
     Column,
     StoreFullError,
+    StoreSettingsError,
     create_group,
     differences,
     header_of,
@@ -59,6 +62,12 @@ __all__ = ["MODES", "Job", "run_job"]
 #: What to do with an existing store: continue it, or delete it and start anew.
 MODES = ("resume", "overwrite")
 _PROBE_LIMIT = 64  # items tried to find one that loads, for the shapes of the store
+#: Items per unit at most (the small columns' chunk): zarr costs about 0.4 ms of CPU per
+#: chunk written whatever its size, so the 11 or more small columns of a batch of 32 demo items
+#: cost more than the relevance's compression; written once per unit instead (8 batches of 32).
+_UNIT_ITEMS = 256
+#: Per-item bytes up to which a column is small (chunked and written by the unit).
+_SMALL_BYTES = 16 * 1024
 _TABLE = (  # the index table columns the runner writes itself
     Column("items/index", (), "int64", ()),
     Column("items/source", (), "str", ()),
@@ -117,7 +126,9 @@ def _numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def _columns(job: Job, values: Mapping[str, np.ndarray]) -> tuple[Column, ...]:
+def _columns(job: Job, values: Mapping[str, np.ndarray], batch: int,
+             unit: int) -> tuple[Column, ...]:
+    """The job's columns: large ones chunked by the ``batch``, small ones by the ``unit``."""
     columns = []
     for name, rows in values.items():
         dtype = "str" if rows.dtype.kind in "OUT" else rows.dtype.name
@@ -127,8 +138,16 @@ def _columns(job: Job, values: Mapping[str, np.ndarray]) -> tuple[Column, ...]:
             dims = tuple(f"{name.rsplit('/', 1)[-1]}_dim{k}" for k in range(1, len(shape) + 1))
         if len(dims) != len(shape):
             raise ValueError(f"{job.owner}: column {name!r} has shape {shape}, dims {dims}.")
-        columns.append(Column(name, shape, dtype, dims))
+        small = rows.dtype.kind in "OUT" or rows[:1].nbytes <= _SMALL_BYTES
+        columns.append(Column(name, shape, dtype, dims, unit if small else batch))
     return tuple(columns)
+
+
+def _batches_per_unit(items: int, batch: int, world: int) -> int:
+    """Batches per unit of a new store: up to :data:`_UNIT_ITEMS` items, and at least two units
+    per process where the dataset has the batches for it."""
+    batches = -(-items // batch)
+    return max(1, min(_UNIT_ITEMS // batch, batches // (2 * world)))
 
 
 def _compute(job: Job, batch: Batch) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -193,29 +212,33 @@ def _chunk_values(batch: Batch, columns: tuple[Column, ...], values: Mapping[str
     return rows, status
 
 
-class _ChunkSampler(torch.utils.data.Sampler):
-    """The index lists of the given chunks, one batch per chunk."""
+class _UnitSampler(torch.utils.data.Sampler):
+    """The index lists of the batches of the given units, in order."""
 
-    def __init__(self, chunks: list[int], chunk: int, items: int) -> None:
-        self.chunks, self.chunk, self.items = chunks, chunk, items
+    def __init__(self, units: list[int], unit: int, batch: int, items: int) -> None:
+        self.units, self.unit, self.batch, self.items = units, unit, batch, items
 
     def __iter__(self):
-        for k in self.chunks:
-            yield list(range(k * self.chunk, min(self.items, (k + 1) * self.chunk)))
+        for k in self.units:
+            stop = min(self.items, (k + 1) * self.unit)
+            for start in range(k * self.unit, stop, self.batch):
+                yield list(range(start, min(stop, start + self.batch)))
 
     def __len__(self) -> int:
-        return len(self.chunks)
+        return sum(-(-(min(self.items, (k + 1) * self.unit) - k * self.unit) // self.batch)
+                   for k in self.units)
 
 
 @dataclass
 class _Plan:
-    """What rank 0 found: the pending chunks and the layout, for every rank."""
+    """What rank 0 found: the pending units and the layout, for every rank."""
 
     shape: tuple[int, ...]
     columns: tuple[Column, ...]
     pending: list[int]
     done_before: int
     items: int
+    unit: int
 
 
 def _probe(job: Job, reader: ItemReader, owner: str) -> tuple[Loaded, dict[str, np.ndarray]]:
@@ -267,7 +290,7 @@ def _portable(error: Exception) -> Exception:
 
 def _prepare(job: Job, dataset: Any, folder: Path, group: str, batch_size: int, mode: str,
              retry_failed: bool, processes: Processes) -> _Plan:
-    """Rank 0: check or create the store and list the pending chunks."""
+    """Rank 0: check or create the store and list the pending units."""
     owner = job.owner
     header = read_header(folder, group, owner)
     reader = ItemReader(dataset)
@@ -283,13 +306,15 @@ def _prepare(job: Job, dataset: Any, folder: Path, group: str, batch_size: int, 
     if header is not None and mode == "resume":
         changed = differences(header["settings"], settings)
         if changed:
-            raise ValueError(
+            raise StoreSettingsError(
                 f"{owner}(path={str(folder)!r}): the store there was written with other "
                 f"settings, so its items cannot be continued: " + "; ".join(changed) +
-                ". Pass mode='overwrite' to start a new run there, or another path."
+                ". Pass mode='overwrite' to start a new run there, or another path.", changed
             )
-    columns = _TABLE + _columns(job, {name: rows for name, rows in values.items()})
     items = len(dataset)
+    unit = batch_size * _batches_per_unit(items, batch_size, processes.world)
+    columns = tuple(Column(c.name, c.shape, c.dtype, c.dims, unit) for c in _TABLE)
+    columns += _columns(job, values, batch_size, unit)
     created = header is None or mode == "overwrite"
     if created:
         if header is not None:
@@ -297,7 +322,7 @@ def _prepare(job: Job, dataset: Any, folder: Path, group: str, batch_size: int, 
         folder.mkdir(parents=True, exist_ok=True)
         create_group(folder, group, items, batch_size, columns, {
             "format": FORMAT, "settings": settings,
-            "layout": {"items": items, "chunk": batch_size,
+            "layout": {"items": items, "chunk": batch_size, "unit": unit,
                        "columns": {c.name: c.as_dict() for c in columns}},
             "sessions": [], "summary": None,
         })
@@ -310,12 +335,15 @@ def _prepare(job: Job, dataset: Any, folder: Path, group: str, batch_size: int, 
     unfinished = status == PENDING
     if retry_failed:
         unfinished |= status == FAILED
-    chunks = np.arange(items) // batch_size
-    pending = sorted(set(chunks[unfinished].tolist()))
+    layout = header["layout"]
+    unit = int(layout.get("unit", layout["chunk"]))  # stores before units: one batch each
+    units = np.arange(items) // unit
+    pending = sorted(set(units[unfinished].tolist()))
     done_before = int((~unfinished).sum())
-    stored = tuple(Column(name, tuple(c["shape"]), c["dtype"], tuple(c["dims"]))
-                   for name, c in header["layout"]["columns"].items())
-    return _Plan(shape, stored, pending, done_before, items)
+    stored = tuple(Column(name, tuple(c["shape"]), c["dtype"], tuple(c["dims"]),
+                          int(c.get("chunk") or layout["chunk"]))
+                   for name, c in layout["columns"].items())
+    return _Plan(shape, stored, pending, done_before, items, unit)
 
 
 def run_job(job: Job, dataset: Any, path: str | Path, *, group: str = "", batch_size: int = 32,
@@ -335,7 +363,7 @@ def run_job(job: Job, dataset: Any, path: str | Path, *, group: str = "", batch_
     group : str
         The job's group in the store (``""``: the root).
     batch_size : int
-        Items per batch and per store chunk (a chunk is one batch).
+        Items per batch (and per chunk of the large columns, the relevance).
     num_workers : int
         ``DataLoader`` worker processes per rank (0: load in the main process).
     device : str or torch.device, optional
@@ -345,7 +373,7 @@ def run_job(job: Job, dataset: Any, path: str | Path, *, group: str = "", batch_
         An existing store with the same settings is continued; ``'overwrite'`` deletes it
         first. Other settings are refused (with the differences) in ``'resume'``.
     retry_failed : bool
-        Compute failed items again (their chunks are recomputed whole).
+        Compute failed items again (their units are recomputed whole).
     progress : bool, optional
         Show progress (rank 0); default: yes.
     summary : bool
@@ -406,12 +434,17 @@ def run_job(job: Job, dataset: Any, path: str | Path, *, group: str = "", batch_
 
 def _process(job: Job, dataset: Any, folder: Path, group: str, batch_size: int,
              num_workers: int, progress: bool | None, processes: Processes, plan: _Plan) -> None:
-    """Compute and write this rank's pending chunks; wait for the others."""
-    chunks = shard(plan.pending, processes.rank, processes.world)
+    """Compute and write this rank's pending units; wait for the others.
+
+    The columns chunked by the batch are written after each batch; the others, and the status
+    last, once the unit's last batch is computed.
+    """
+    units = shard(plan.pending, processes.rank, processes.world)
     columns = tuple(c for c in plan.columns if c.name not in ("items/status", "items/index"))
+    staged = frozenset(c.name for c in columns if c.chunk == plan.unit != batch_size)
     loader = torch.utils.data.DataLoader(
         ItemReader(dataset, plan.shape),
-        batch_sampler=_ChunkSampler(chunks, batch_size, plan.items),
+        batch_sampler=_UnitSampler(units, plan.unit, batch_size, plan.items),
         collate_fn=collate,
         num_workers=num_workers,
         pin_memory=processes.device.type == "cuda",
@@ -424,10 +457,13 @@ def _process(job: Job, dataset: Any, folder: Path, group: str, batch_size: int,
         for batch in batches:
             values, errors = _compute(job, batch)
             rows, status = _chunk_values(batch, columns, values, errors)
-            writer.submit(int(batch.indices[0]), rows, status)
+            start = int(batch.indices[0])
+            stop = start + len(batch)
+            writer.submit(start, rows, status, stage=staged,
+                          last=stop % plan.unit == 0 or stop == plan.items)
             bar.update(len(batch), int((status == FAILED).sum()))
     finally:
-        writer.close()  # the chunks computed so far are written, even after an error
+        writer.close()  # the units computed so far are written, even after an error
     bar.close(final=False)
     processes.barrier()
     if processes.rank == 0:

@@ -97,10 +97,14 @@ class DemoDataset(torch.utils.data.Dataset):
         return self.fingerprint()
 
 
-def _resize_crop(image: Image.Image, size: tuple[int, int], resample: int) -> Image.Image:
-    """Resize so that the image covers ``size`` (height, width), then centre-crop to it."""
+def _resize_crop(image: Image.Image, size: tuple[int, int], resample: int,
+                 resize: int | None = None) -> Image.Image:
+    """Resize so that the image covers ``size`` (height, width) (or, with ``resize``, so that
+    its shorter side is ``resize``, at least covering ``size``), then centre-crop to it."""
     height, width = size
     scale = max(height / image.height, width / image.width)
+    if resize is not None:
+        scale = resize / min(image.height, image.width)
     new = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
     if new != image.size:
         image = image.resize(new, resample)
@@ -142,6 +146,9 @@ class ImageFolder(torch.utils.data.Dataset):
     size : int or (int, int), optional
         Height and width of every image; ``None`` keeps each file's size (then every image must
         have the size of the first, or its item fails).
+    resize : int, optional
+        With ``size``: the shorter side of each image before the centre crop (as torchvision's
+        ``Resize(256)`` then ``CenterCrop(224)``); default: just enough to cover ``size``.
     transform : callable, optional
         ``PIL image -> tensor``, instead of the conversion to a ``float32`` ``[0, 1]`` tensor
         (after the resize); e.g. a torchvision transform with the model's normalisation.
@@ -155,6 +162,7 @@ class ImageFolder(torch.utils.data.Dataset):
     """
 
     def __init__(self, root: str | os.PathLike, *, size: int | tuple[int, int] | None = None,
+                 resize: int | None = None,
                  transform: Callable[[Image.Image], Tensor] | None = None,
                  extensions: Sequence[str] = IMAGE_EXTENSIONS) -> None:
         owner = "ImageFolder"
@@ -173,7 +181,13 @@ class ImageFolder(torch.utils.data.Dataset):
                     f"{owner}(size={size!r}): expected an int >= 1 or a pair (height, width)."
                 )
             size = pair
-        self.size = size
+        if resize is not None and (isinstance(resize, bool) or not isinstance(resize, int)
+                                   or resize < 1 or size is None):
+            raise ValueError(
+                f"{owner}(resize={resize!r}): expected an int >= 1 together with size=..., "
+                f"got it {'without size' if size is None else 'of another kind'}."
+            )
+        self.size, self.resize = size, resize
         self.transform = transform
         self.extensions = tuple(e.lower() for e in extensions)
         folders = sorted(p for p in self.root.iterdir() if p.is_dir())
@@ -200,7 +214,7 @@ class ImageFolder(torch.utils.data.Dataset):
         with Image.open(path) as opened:
             image = ImageOps.exif_transpose(opened).convert(mode)
         if self.size is not None:
-            image = _resize_crop(image, self.size, resample)
+            image = _resize_crop(image, self.size, resample, self.resize)
         return image
 
     def __getitem__(self, index: int) -> Item:
@@ -225,7 +239,9 @@ class ImageFolder(torch.utils.data.Dataset):
             digest.update(f"{path.relative_to(self.root).as_posix()}\0{label}\0"
                           f"{path.stat().st_size}\n".encode())
         return (f"ImageFolder(files={len(self.files)}, sha256={digest.hexdigest()[:16]}, "
-                f"size={self.size}, transform={self.transform!r})")
+                f"size={self.size}, "
+                + ("" if self.resize is None else f"resize={self.resize}, ")
+                + f"transform={self.transform!r})")
 
     def __repr__(self) -> str:
         return (f"ImageFolder(root={str(self.root)!r}, items={len(self)}, "

@@ -2,7 +2,7 @@
 
 A run writes into a folder; ``<folder>/store.zarr`` is a zarr v3 group. A job (the explanation,
 or later a concept analysis) owns one group in it (the root for ``explain_dataset``) holding
-arrays with one row per dataset item, all chunked by the run's ``batch_size`` along the items:
+arrays with one row per dataset item, chunked along the items (see below):
 
 * ``items/`` the index table: ``index``, ``source``, ``label``, ``status`` (0 pending, 1 done,
   2 failed), ``error`` and the job's own columns;
@@ -10,10 +10,13 @@ arrays with one row per dataset item, all chunked by the run's ``batch_size`` al
 * the group's attribute ``funcattr``: format, the run's settings (compared on resume), the
   layout, a log of the sessions that wrote it and the summary.
 
-Chunk ``k`` (items ``k * batch_size`` to ``(k + 1) * batch_size - 1``) is computed as one batch
-by one process and written chunk file by chunk file (zarr's local store writes each file
-atomically: a temporary file renamed into place); the status chunk comes last, so an item is
-done only once all its values are on disk. A process that dies leaves its chunk pending.
+The items are split into *units* of a few consecutive batches (the layout's ``unit``, a
+multiple of ``batch_size``); one process computes a unit. Large columns (the relevance) are
+chunked by the batch and written after each batch; the small ones (the index table, the
+outputs, the metrics) are chunked by the unit, buffered and written once per unit (zarr's cost
+per write is about the same for 32 rows as for 256), the status chunk last. zarr's local store
+writes each chunk file atomically (a temporary file renamed into place), so an item is done only
+once all its values are on disk; a process that dies leaves its unit pending.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ __all__ = [
     "ChunkWriter",
     "Column",
     "StoreFullError",
+    "StoreSettingsError",
     "create_group",
     "differences",
     "header_of",
@@ -70,14 +74,33 @@ class StoreFullError(OSError):
     """The disk (or quota) ran full while writing a chunk; the store stays resumable."""
 
 
+class StoreSettingsError(ValueError):
+    """A store to resume was written with other settings (by another run).
+
+    Attributes
+    ----------
+    differences : list of str
+        One line per differing setting, e.g. ``"seed: 0 in the store, 5 now"``.
+    """
+
+    def __init__(self, message: str, differences: list[str] | tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.differences = list(differences)
+
+    def __reduce__(self) -> tuple:  # pickled to the other ranks with its differences
+        return type(self), (str(self), self.differences)
+
+
 @dataclass(frozen=True)
 class Column:
-    """An array with one row per item: its name in the group, per-item shape, dtype, dims."""
+    """An array with one row per item: its name in the group, per-item shape, dtype, dims and
+    items per chunk (0: the run's batch size)."""
 
     name: str
     shape: tuple[int, ...]
     dtype: str
     dims: tuple[str, ...]
+    chunk: int = 0
 
     @property
     def fill_value(self) -> Any:
@@ -91,7 +114,8 @@ class Column:
         return np.full((rows, *self.shape), self.fill_value, dtype=dtype)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"shape": list(self.shape), "dtype": self.dtype, "dims": list(self.dims)}
+        return {"shape": list(self.shape), "dtype": self.dtype, "dims": list(self.dims),
+                "chunk": self.chunk}
 
 
 def store_path(folder: str | Path) -> Path:
@@ -156,12 +180,14 @@ def remove_store(folder: Path, group: str = "") -> None:
 
 def create_group(folder: Path, group: str, items: int, chunk: int,
                  columns: tuple[Column, ...], header: dict[str, Any]) -> zarr.Group:
-    """Create the job's group with every column array and the header attribute."""
+    """Create the job's group with every column array (``chunk`` items per chunk where a
+    column names none) and the header attribute."""
     root = zarr.open_group(store_path(folder), mode="a")
     node = root.require_group(group) if group else root
     for column in columns:
         node.create_array(
-            column.name, shape=(items, *column.shape), chunks=(chunk, *column.shape),
+            column.name, shape=(items, *column.shape),
+            chunks=(column.chunk or chunk, *column.shape),
             dtype=str if column.dtype == "str" else column.dtype,
             fill_value=column.fill_value, dimension_names=("item", *column.dims),
             compressors=COMPRESSOR, overwrite=True,
@@ -200,9 +226,12 @@ def _full_disk(error: OSError, start: int, stop: int, where: Any, owner: str) ->
 class ChunkWriter:
     """Writes chunks in a background thread, overlapping the computation of the next batch.
 
-    The thread runs its own event loop on zarr's asynchronous API: the columns of one chunk
-    are written concurrently, its status after them. At most ``depth`` chunks wait; an error
-    of a write is raised by the next :meth:`submit` or by :meth:`close` (a full disk as
+    The thread runs its own event loop on zarr's asynchronous API: the columns of one write
+    are written concurrently, the status after them. :meth:`submit` writes rows at once;
+    :meth:`stage` copies a batch's rows into buffers of the thread (made once, so that
+    no heap holds small buffers that live across the batches' large ones) and writes the rows
+    staged so far as one write with its ``last`` batch. At most ``depth`` tasks wait; an error of a
+    write is raised by the next call or by :meth:`close` (a full disk as
     :class:`StoreFullError`).
     """
 
@@ -210,6 +239,8 @@ class ChunkWriter:
         self.path, self.group, self.owner = store_path(folder), group, owner
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
+        self._buffers: dict[str, np.ndarray] = {}
+        self._staged_rows = self._staged_start = 0
         self._thread = threading.Thread(target=self._run, name="funcattr-store-writer",
                                         daemon=True)
         self._thread.start()
@@ -223,7 +254,8 @@ class ChunkWriter:
             while (task := self._queue.get()) is not None:
                 if self._error is None:
                     try:
-                        loop.run_until_complete(self._write(node, arrays, *task))
+                        for write in self._writes(*task):
+                            loop.run_until_complete(self._write(node, arrays, *write))
                     except BaseException as error:  # raised in the caller's thread
                         self._error = error
                 self._queue.task_done()
@@ -233,16 +265,49 @@ class ChunkWriter:
         finally:
             loop.close()
 
+    def _writes(self, start: int, values: Mapping[str, np.ndarray], status: np.ndarray,
+                stage: frozenset[str], last: bool) -> list[tuple]:
+        """The writes of a task: its unstaged columns now; with ``last``, the staged rows
+        (these and the earlier ones) and then their status.
+
+        Staged rows are copied into buffers made once and reused for every unit (a write
+        finishes before the next task), so that no small buffer is made per batch.
+        """
+        now = {name: rows for name, rows in values.items() if name not in stage}
+        if not stage:
+            return [(start, now, status if last else None)]
+        writes = [(start, now, None)] if now else []
+        if not self._staged_rows:
+            self._staged_start = start
+        offset, count = self._staged_rows, len(status)
+        staged = {name: values[name] for name in stage}
+        for name, rows in {**staged, "items/status": status}.items():
+            buffer = self._buffers.get(name)
+            if buffer is None or len(buffer) < offset + count:
+                grown = np.empty((max(2 * (offset + count), 1), *rows.shape[1:]), rows.dtype)
+                if buffer is not None:
+                    grown[:offset] = buffer[:offset]
+                self._buffers[name] = buffer = grown
+            buffer[offset:offset + count] = rows
+        self._staged_rows = offset + count
+        if last:
+            rows, self._staged_rows = self._staged_rows, 0
+            writes.append((self._staged_start,
+                           {name: self._buffers[name][:rows] for name in staged},
+                           self._buffers["items/status"][:rows]))
+        return writes
+
     async def _write(self, node: Any, arrays: dict[str, Any], start: int,
-                     values: Mapping[str, np.ndarray], status: np.ndarray) -> None:
-        stop = start + len(status)
+                     values: Mapping[str, np.ndarray], status: np.ndarray | None) -> None:
+        stop = start + len(next(iter(values.values())) if status is None else status)
         for name in [*values, "items/status"]:
             if name not in arrays:
                 arrays[name] = await node.getitem(name)
         try:
             await asyncio.gather(*(arrays[name].setitem(slice(start, stop), rows)
                                    for name, rows in values.items()))
-            await arrays["items/status"].setitem(slice(start, stop), status)
+            if status is not None:
+                await arrays["items/status"].setitem(slice(start, stop), status)
         except OSError as error:
             if error.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
@@ -253,12 +318,18 @@ class ChunkWriter:
             error, self._error = self._error, None
             raise error
 
-    def submit(self, start: int, values: Mapping[str, np.ndarray], status: np.ndarray) -> None:
-        """Queue the rows ``start : start + len(status)`` of every column and their status."""
+    def submit(self, start: int, values: Mapping[str, np.ndarray], status: np.ndarray, *,
+               stage: frozenset[str] = frozenset(), last: bool = True) -> None:
+        """Queue the rows ``start : start + len(status)`` of every column.
+
+        The columns not in ``stage`` are written at once. Those in ``stage`` and the status are
+        staged after the rows staged before; with ``last``, every staged row is written, and
+        the status after it (without ``stage``: the status after the columns).
+        """
         self._raise()
         if not self._thread.is_alive():
             raise RuntimeError(f"{self.owner}: the store writer stopped.")
-        self._queue.put((start, values, status))
+        self._queue.put((start, values, status, frozenset(stage), last))
 
     def close(self) -> None:
         """Wait until every queued chunk is written; raise the first write error."""

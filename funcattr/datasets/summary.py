@@ -173,12 +173,12 @@ def summarize_explanation(folder: Path, group: str, class_names: Sequence[str] |
                                overwrite=True, dimension_names=("class",))
     summary_group.create_array("class_count", data=counts[present].astype(np.int64),
                                overwrite=True, dimension_names=("class",))
-    chunk = int(node["items/status"].chunks[0])
     if "relevance" in node and present:
         relevance = node["relevance"]
         image = len(relevance.shape) == 4
         axis = channel_axis if image else None
-        means, normalized = _class_means(relevance, chunk, np.where(valid, groups, 0),
+        means, normalized = _class_means(relevance, int(relevance.chunks[0]),
+                                         np.where(valid, groups, 0),
                                          done & valid, items["relevance_abs_sum"], present, axis)
         dims = list(relevance.metadata.dimension_names[1:])
         if axis is not None:
@@ -194,6 +194,7 @@ def summarize_explanation(folder: Path, group: str, class_names: Sequence[str] |
             files.append("class_means.png")
     for name, values in curves.items():
         total = np.zeros(values.shape[1:])
+        chunk = int(values.chunks[0])
         for start in range(0, values.shape[0], chunk):
             stop = min(start + chunk, values.shape[0])
             rows_done = done[start:stop]
