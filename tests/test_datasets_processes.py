@@ -93,5 +93,7 @@ def _peak_kib(path: Path, size: int) -> int:
 def test_peak_memory_does_not_grow_with_the_dataset(tmp_path):
     small = _peak_kib(tmp_path / "small", 200)
     large = _peak_kib(tmp_path / "large", 2000)
-    # 10x the items: the relevance alone would add 2000 * 48 KiB = 94 MiB if it were kept
-    assert large < small + 24 * 1024, (small, large)
+    # 10x the items: the relevance alone would add 1800 * 48 KiB = 84 MiB if it were kept; the
+    # peak of a process varies by up to ~30 MiB from run to run (allocator, threads), so the
+    # bound is half of what keeping the relevance would add
+    assert large < small + 42 * 1024, (small, large)
