@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
+from cli_helpers import assert_error as shared_assert_error
+from cli_helpers import invoke, quiet_progress  # noqa: F401  (quiet_progress: a fixture)
 from PIL import Image
 
 from funcattr import COMPOSITES
@@ -30,33 +31,12 @@ from funcattr.image import CMAPS
 LRP_COMPOSITES = ("epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1")
 
 
-def invoke(*args: str):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
 
 def assert_error(result, fragment: str, code: int | None = None) -> str:
-    """A user error: non-zero exit, the message on stderr, no traceback."""
-    assert result.exit_code != 0, result.output
-    if code is not None:
-        assert result.exit_code == code, (result.exit_code, result.output)
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    error_lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert len(error_lines) == 1, result.stderr
-    assert fragment in error_lines[0], error_lines[0]
-    assert result.stdout == ""
-    return error_lines[0]
+    return shared_assert_error(result, fragment, code, stdout_empty=True)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _no_progress_lines():
-    """Stderr holds only what a test expects: no progress lines, however slow the machine
-    (tests/test_cli_reliability.py tests them)."""
-    from funcattr.cli import progress
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(progress, "QUIET_SECONDS", float("inf"))
-        yield
+pytestmark = pytest.mark.usefixtures("quiet_progress")
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from click.testing import CliRunner
+from cli_helpers import invoke
 from datasets_worker import assert_same_store
 from PIL import Image
 
 import funcattr
-from funcattr.cli import main
 from funcattr.composites import EpsilonPlusFlat
 from funcattr.datasets import (
     PENDING,
@@ -31,9 +30,6 @@ from funcattr.demo import load_demo_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def invoke(*args: object):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def assert_one_line_error(result, fragment: str, code: int = 1) -> str:

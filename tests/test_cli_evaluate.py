@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_helpers import assert_error as shared_assert_error
+from cli_helpers import quiet_progress  # noqa: F401  (a fixture)
 from click.testing import CliRunner
 from PIL import Image
 
@@ -42,15 +44,7 @@ def invoke(*args: object):
 
 
 def assert_error(result, fragment: str) -> str:
-    """A user error: non-zero exit, one ``Error:`` line on stderr, no traceback."""
-    assert result.exit_code != 0, result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert len(lines) == 1, result.stderr
-    assert fragment in lines[0], lines[0]
-    assert result.stdout == ""
-    return lines[0]
+    return shared_assert_error(result, fragment, stdout_empty=True)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -58,15 +52,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(file))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _no_progress_lines():
-    """Stderr holds only what a test expects: no progress lines, however slow the machine
-    (tests/test_cli_reliability.py tests them)."""
-    from funcattr.cli import progress
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(progress, "QUIET_SECONDS", float("inf"))
-        yield
+pytestmark = pytest.mark.usefixtures("quiet_progress")
 
 
 @pytest.fixture(scope="module", autouse=True)

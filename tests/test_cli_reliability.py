@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
+from cli_helpers import assert_error, invoke
 from PIL import Image
 
 from funcattr.cli import main
@@ -28,21 +28,6 @@ from funcattr.cli import main
 SAMPLES = Path(str(resources.files("funcattr.demo") / "samples"))
 
 
-def invoke(*args: object):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def assert_error(result, fragment: str, code: int | None = None) -> str:
-    """A user error: non-zero exit, one ``Error:`` line on stderr, no traceback."""
-    assert result.exit_code != 0, result.output
-    if code is not None:
-        assert result.exit_code == code, (result.exit_code, result.output)
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert len(lines) == 1, result.stderr
-    assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def sample_files(count: int) -> list[Path]:
