@@ -38,8 +38,8 @@ from funcattr.datasets.run import run_job
 from funcattr.datasets.summary import summarize_explanation
 from funcattr.functional import functionalize
 
-__all__ = ["STORE_DTYPES", "ExplainJob", "evaluate_dataset", "explain_dataset",
-           "item_seed"]
+__all__ = ["STORE_DTYPES", "ExplainJob", "describe_option", "evaluate_dataset",
+           "explain_dataset", "item_seed", "model_fingerprint"]
 
 #: Dtypes of the stored relevance.
 STORE_DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "float32": torch.float32,
@@ -77,14 +77,14 @@ def _name(function: Callable) -> str:
     return getattr(function, "__name__", type(function).__name__)
 
 
-def _describe(value: Any) -> Any:
+def describe_option(value: Any) -> Any:
     """A JSON-able description of an option, equal for equal options."""
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, list | tuple):
-        return [_describe(v) for v in value]
+        return [describe_option(v) for v in value]
     if isinstance(value, Mapping):
-        return {str(k): _describe(v) for k, v in value.items()}
+        return {str(k): describe_option(v) for k, v in value.items()}
     if isinstance(value, torch.dtype | torch.device):
         return str(value)
     if isinstance(value, Tensor):
@@ -92,8 +92,8 @@ def _describe(value: Any) -> Any:
         digest = hashlib.sha256(data.view(torch.uint8).numpy().tobytes()).hexdigest()[:16]
         return f"tensor(shape={tuple(value.shape)}, dtype={data.dtype}, sha256={digest})"
     if isinstance(value, functools.partial):
-        return {"function": _qualified(value.func), "args": _describe(value.args),
-                "keywords": _describe(value.keywords)}
+        return {"function": _qualified(value.func), "args": describe_option(value.args),
+                "keywords": describe_option(value.keywords)}
     if callable(value):
         return _qualified(value)
     return _ADDRESS.sub("", repr(value))
@@ -183,17 +183,17 @@ class ExplainJob:
         return {
             "job": "explain",
             "model": model_fingerprint(self.model),
-            "composite": _describe(get_composite(self.composite)
+            "composite": describe_option(get_composite(self.composite)
                                    if isinstance(self.composite, str) else self.composite),
             "rules_sha256": rules,
             "canonizers": [repr(c) for c in canonizers or ()],
             "attributor": _attributor_name(self.function),
-            "options": _describe(self.options),
+            "options": describe_option(self.options),
             "target": self.target,
             "times_output": self.times_output,
             "dtype": str(self.dtype).removeprefix("torch."),
             "seed": self.seed,
-            "metrics": _describe(self.metrics),
+            "metrics": describe_option(self.metrics),
             "save_relevance": self.save_relevance,
         }
 
