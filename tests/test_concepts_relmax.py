@@ -26,7 +26,7 @@ from crp.concepts import ChannelConcept
 from crp.helper import load_maximization, max_norm
 from crp.image import get_crop_range
 from crp.visualization import FeatureVisualization
-from helpers import assert_close
+from helpers import assert_close, assert_unchanged, snapshot
 from test_canonizers import _one_thread, randomise  # noqa: F401  (_one_thread: autouse)
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
@@ -374,3 +374,81 @@ def test_unlabelled_items_fail_alone_with_target_label(tmp_path):
     assert run.store.counts() == {"done": 4, "failed": 4, "pending": 0}
     assert set(run.reference_samples("features.15", 0)) == {0, 2, 4, 6}
     assert "no label" in run.store.failures()[0][2]
+
+
+def test_model_unchanged_and_tables_independent_of_the_batch_size(tmp_path):
+    model = load_demo_model()
+    before = snapshot(model)
+    runs = [relevance_maximization(model, DemoDataset(14), tmp_path / str(size),
+                                   layers=DEMO_LAYERS, composite=fc.EpsilonPlusFlat(),
+                                   canonizers=funcattr.canonizers_for(model), batch_size=size,
+                                   n_top=5, progress=False) for size in (3, 14)]
+    assert_unchanged(model, before)
+    for layer in DEMO_LAYERS:
+        for by in ("relevance", "activation"):
+            first, second = runs[0].top(layer, by), runs[1].top(layer, by)
+            assert_close(first.values, second.values, rtol=1e-5)
+            assert torch.equal(first.samples, second.samples)
+            assert torch.equal(first.positions, second.positions)
+
+
+# --------------------------------------------------------------------------------------------
+# Neuron heatmaps
+# --------------------------------------------------------------------------------------------
+
+def _demo_functional():
+    model = load_demo_model().double()
+    return funcattr.functionalize(model, fc.EpsilonPlusFlat(),
+                                  funcattr.canonizers_for(model))
+
+
+def test_neuron_heatmaps_of_all_neurons_add_up_to_the_layer_started_heatmap():
+    """Linearity: the heatmaps of every neuron of a layer (each from its own activation) sum to
+    the heatmap started from the whole activation, and one sample's result does not depend on
+    the others in the batch."""
+    fn, params = _demo_functional()
+    x = torch.stack([DemoDataset(3)[i].image for i in range(3)]).double()
+    layer = "features.10"
+    activation = {}
+    fn.tapped(params, x, {layer: lambda out: activation.setdefault("a", out) * 1})
+    channels, height, width = activation["a"].shape[1:]
+    total = torch.zeros_like(x)
+    for channel in range(0, channels, 7):
+        for position in range(height * width):
+            total += neuron_heatmaps(fn, params, x, layer, channel, position)
+    seed = torch.zeros_like(activation["a"])
+    seed[:, ::7] = activation["a"][:, ::7].detach()
+    leaf = x.clone().requires_grad_(True)
+    out = {}
+    fn.tapped(params, leaf, {layer: lambda o: out.setdefault("a", o)})
+    (expected,) = torch.autograd.grad(out["a"], leaf, seed)
+    assert float(expected.abs().max()) > 0
+    assert_close(total, expected, rtol=1e-10)
+    single = neuron_heatmaps(fn, params, x[1:2], layer, [3], [20])
+    assert_close(neuron_heatmaps(fn, params, x, layer, [0, 3, 0], [0, 20, 0])[1:2], single,
+                 rtol=1e-10)
+
+
+@pytest.mark.parametrize(("channels", "positions", "message"), [
+    ([200], [0], r"neuron_heatmaps\(channels=\[200\]\): expected indices in \[0, 127\]"),
+    ([0], [64], r"neuron_heatmaps\(positions=\[64\]\): expected indices in \[0, 63\]"),
+    ([0, 1], [0], r"expected one int per sample \(1\)"),
+    ([0.5], [0], r"expected one int per sample"),
+])
+def test_neuron_heatmaps_bad_indices(channels, positions, message):
+    fn, params = _demo_functional()
+    x = DemoDataset(1)[0].image[None].double()
+    with pytest.raises(ValueError, match=message):
+        neuron_heatmaps(fn, params, x, "features.15", channels, positions)
+
+
+def test_reference_box_bad_arguments():
+    with pytest.raises(ValueError, match=r"reference_box\(crop_th=1.0\): expected a float in "
+                                         r"\[0, 1\)"):
+        reference_box(torch.ones(30, 30), crop_th=1.0)
+    with pytest.raises(ValueError, match=r"reference_box\(heatmap=\(3, 30, 30\)\)"):
+        reference_box(torch.ones(3, 30, 30))
+    with pytest.raises(ValueError, match=r"gaussian_blur\(kernel_size=4\): expected an odd"):
+        gaussian_blur(torch.ones(30, 30), 4)
+    with pytest.raises(ValueError, match=r"larger than kernel_size // 2 = 9"):
+        gaussian_blur(torch.ones(8, 30), 19)
