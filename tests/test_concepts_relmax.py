@@ -11,9 +11,6 @@ equals one, ``n_top`` can change without recomputing, and bad arguments.
 from __future__ import annotations
 
 import copy
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +25,8 @@ from crp.image import get_crop_range
 from crp.visualization import FeatureVisualization
 from helpers import assert_close, assert_unchanged, snapshot
 from test_canonizers import _one_thread, randomise  # noqa: F401  (_one_thread: autouse)
+from test_datasets import StopAt
+from test_datasets_processes import run as run_worker
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 from torchvision.models.vgg import VGG, make_layers
@@ -46,7 +45,6 @@ from funcattr.torchvision import ResNetCanonizer, VGGCanonizer
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:crp.*")
 
-ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("concepts_worker.py")
 RTOL = 1e-10
 CRP_TOP = 40  # zennit-crp keeps 40 samples per channel
@@ -216,26 +214,6 @@ def test_reference_box_of_an_empty_heatmap_is_the_whole_image():
 # The dataset machinery: resume, torchrun, n_top, bad arguments
 # --------------------------------------------------------------------------------------------
 
-class StopAt(torch.utils.data.Dataset):
-    """Demo items; loading item ``index`` interrupts the run (as Ctrl-C would)."""
-
-    classes = DemoDataset.classes
-
-    def __init__(self, size: int, index: int) -> None:
-        self.dataset, self.index = DemoDataset(size), index
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        if index == self.index:
-            raise KeyboardInterrupt
-        return self.dataset[index]
-
-    def fingerprint(self):
-        return self.dataset.fingerprint()
-
-
 DEMO_LAYERS = ["features.15", "features.10"]
 
 
@@ -305,30 +283,9 @@ def test_beside_an_explanation_in_the_same_store(tmp_path):
         open_concept_store(tmp_path, group="")
 
 
-def _environment() -> dict[str, str]:
-    environment = dict(os.environ)
-    environment["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT), *filter(None, [environment.get("PYTHONPATH")])])
-    environment["OMP_NUM_THREADS"] = "1"
-    environment["MASTER_ADDR"] = "127.0.0.1"
-    return environment
-
-
-def run_worker(path: Path, *options: str, ranks: int = 1) -> None:
-    command = [sys.executable]
-    if ranks > 1:
-        command += ["-m", "torch.distributed.run", f"--nproc-per-node={ranks}",
-                    "--rdzv-backend=c10d", "--rdzv-endpoint=127.0.0.1:0", "--max-restarts=0"]
-    command += [str(WORKER), str(path), *options]
-    result = subprocess.run(command, env=_environment(), capture_output=True, text=True,
-                            timeout=300, check=False)
-    if result.returncode != 0:
-        raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stderr[-3000:]}")
-
-
 def test_torchrun_two_ranks_equals_one_process(tmp_path):
-    run_worker(tmp_path / "one", "--size", "18")
-    run_worker(tmp_path / "two", "--size", "18", ranks=2)
+    run_worker(tmp_path / "one", "--size", "18", worker=WORKER)
+    run_worker(tmp_path / "two", "--size", "18", ranks=2, worker=WORKER)
     one, two = open_concept_store(tmp_path / "one"), open_concept_store(tmp_path / "two")
     assert [s["world_size"] for s in two.store.sessions] == [2]
     assert one.store.counts() == {"done": 18, "failed": 0, "pending": 0}

@@ -24,7 +24,6 @@ of its samples (the part of the image where that one neuron draws its value, as
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,7 +34,6 @@ import torch
 import zarr
 from torch import Tensor, nn
 
-from funcattr.composites import get_composite
 from funcattr.concepts import (
     MAX_TARGETS,
     ReferenceBox,
@@ -47,7 +45,7 @@ from funcattr.concepts import (
     top_samples,
 )
 from funcattr.concepts.conditions import check_layer_names
-from funcattr.datasets.explain import describe_option, model_fingerprint
+from funcattr.datasets.explain import batch_input, params_on, rules_settings
 from funcattr.datasets.items import Batch, ItemReader
 from funcattr.datasets.reader import DatasetStore
 from funcattr.datasets.run import run_job
@@ -87,16 +85,9 @@ class RelevanceMaximizationJob:
 
     def settings(self) -> dict[str, Any]:
         """Everything that determines the stored values (compared on resume)."""
-        canonizers = self.canonizers
-        if canonizers is not None and not isinstance(canonizers, Sequence):
-            canonizers = [canonizers]
         return {
             "job": "relevance_maximization",
-            "model": model_fingerprint(self.model),
-            "composite": describe_option(get_composite(self.composite)
-                                         if isinstance(self.composite, str) else self.composite),
-            "rules_sha256": hashlib.sha256(repr(self.fn.rules).encode()).hexdigest(),
-            "canonizers": [repr(c) for c in canonizers or ()],
+            **rules_settings(self.model, self.composite, self.canonizers, self.fn),
             "layers": list(self.layers),
             "target": self.target,
             "max_target": self.max_target,
@@ -106,9 +97,7 @@ class RelevanceMaximizationJob:
     def setup(self, device: torch.device) -> None:
         """Move the parameters (new tensors; the model is not changed) to ``device``."""
         self.device = device
-        first = next(iter(self.params.values()), None)
-        if first is not None and first.device != device:
-            self.params = {name: tensor.to(device) for name, tensor in self.params.items()}
+        self.params = params_on(self.params, device)
 
     def dims(self, name: str, shape: tuple[int, ...]) -> tuple[str, ...] | None:
         if name.startswith("layers/") and len(shape) == 1:
@@ -116,10 +105,7 @@ class RelevanceMaximizationJob:
         return None
 
     def __call__(self, batch: Batch) -> dict[str, Any]:
-        x = batch.images.to(self.device, non_blocking=True)
-        first = next(iter(self.params.values()), None)
-        if first is not None and x.dtype != first.dtype and x.is_floating_point():
-            x = x.to(first.dtype)
+        x = batch_input(batch, self.params, self.device)
         count = x.shape[0]
         errors = [""] * count
         if self.target == "label":
