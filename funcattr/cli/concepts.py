@@ -22,7 +22,7 @@ import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
@@ -65,17 +65,13 @@ from funcattr.concepts import (
     concept_relevance,
     local_concept_relevance,
 )
-from funcattr.datasets import (
-    CONCEPT_GROUP,
-    ConceptStore,
-    DemoDataset,
-    ImageFolder,
-    relevance_maximization,
-)
 from funcattr.demo import IMAGE_SIZE as DEMO_IMAGE_SIZE
 from funcattr.functional import functionalize
 from funcattr.image import imgify
 from funcattr.types import Convolution
+
+if TYPE_CHECKING:
+    from funcattr.datasets import ConceptStore
 
 __all__ = ["concepts", "run_concepts"]
 
@@ -312,6 +308,8 @@ def _store_folder(options: dict[str, Any]) -> Path | None:
 
 def _dataset(spec: tuple[str, Any], loaded: LoadedModel) -> tuple[Any, str, str]:
     """``(dataset, description, target)`` for ``--dataset``."""
+    from funcattr.datasets import DemoDataset, ImageFolder  # zarr: only with --dataset
+
     kind, value = spec
     if kind == "demo":
         if loaded.input_size != DEMO_IMAGE_SIZE:
@@ -333,6 +331,8 @@ def _maximize(loaded: LoadedModel, composite, canonizers, layer: str, options: d
               store: Path) -> tuple[ConceptStore, Any, str]:
     """Relevance maximisation of ``layer`` over ``--dataset`` into ``store`` (reused when
     done)."""
+    from funcattr.datasets import CONCEPT_GROUP, relevance_maximization
+
     dataset, description, target = _dataset(options["dataset"], loaded)
     group = f"{CONCEPT_GROUP}/{layer}"
     mode = "overwrite" if options["overwrite_store"] else "resume"
