@@ -39,8 +39,8 @@ from funcattr.datasets.summary import summarize_explanation
 from funcattr.functional import functionalize
 from funcattr.ruled import FunctionalModel
 
-__all__ = ["STORE_DTYPES", "ExplainJob", "batch_input", "describe_option", "evaluate_dataset",
-           "explain_dataset", "item_seed", "model_fingerprint", "params_on", "rules_settings"]
+__all__ = ["STORE_DTYPES", "ExplainJob", "batch_input", "evaluate_dataset", "explain_dataset",
+           "item_seed", "model_fingerprint", "params_on", "rules_settings"]
 
 #: Dtypes of the stored relevance.
 STORE_DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "float32": torch.float32,
@@ -78,14 +78,14 @@ def _name(function: Callable) -> str:
     return getattr(function, "__name__", type(function).__name__)
 
 
-def describe_option(value: Any) -> Any:
+def _describe(value: Any) -> Any:
     """A JSON-able description of an option, equal for equal options."""
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, list | tuple):
-        return [describe_option(v) for v in value]
+        return [_describe(v) for v in value]
     if isinstance(value, Mapping):
-        return {str(k): describe_option(v) for k, v in value.items()}
+        return {str(k): _describe(v) for k, v in value.items()}
     if isinstance(value, torch.dtype | torch.device):
         return str(value)
     if isinstance(value, Tensor):
@@ -93,8 +93,8 @@ def describe_option(value: Any) -> Any:
         digest = hashlib.sha256(data.view(torch.uint8).numpy().tobytes()).hexdigest()[:16]
         return f"tensor(shape={tuple(value.shape)}, dtype={data.dtype}, sha256={digest})"
     if isinstance(value, functools.partial):
-        return {"function": _qualified(value.func), "args": describe_option(value.args),
-                "keywords": describe_option(value.keywords)}
+        return {"function": _qualified(value.func), "args": _describe(value.args),
+                "keywords": _describe(value.keywords)}
     if callable(value):
         return _qualified(value)
     return _ADDRESS.sub("", repr(value))
@@ -108,8 +108,8 @@ def rules_settings(model: nn.Module, composite: Any, canonizers: Any,
         canonizers = [canonizers]
     return {
         "model": model_fingerprint(model),
-        "composite": describe_option(get_composite(composite) if isinstance(composite, str)
-                                     else composite),
+        "composite": _describe(get_composite(composite) if isinstance(composite, str)
+                               else composite),
         "rules_sha256": hashlib.sha256(repr(fn.rules).encode()).hexdigest(),
         "canonizers": [repr(c) for c in canonizers or ()],
     }
@@ -213,12 +213,12 @@ class ExplainJob:
             "job": "explain",
             **rules_settings(self.model, self.composite, self.canonizers, self.fn),
             "attributor": _attributor_name(self.function),
-            "options": describe_option(self.options),
+            "options": _describe(self.options),
             "target": self.target,
             "times_output": self.times_output,
             "dtype": str(self.dtype).removeprefix("torch."),
             "seed": self.seed,
-            "metrics": describe_option(self.metrics),
+            "metrics": _describe(self.metrics),
             "save_relevance": self.save_relevance,
         }
 
