@@ -22,26 +22,45 @@ machine; both are printed), the median of the rounds with the spread (min..max).
 table gives the time of one extra condition, ``(t(K_max) - t(K_min)) / (K_max - K_min)``, as
 a fraction of the plain gradient. zennit-crp is run only for ``--crp-counts`` (128 conditions
 on VGG16 take minutes there).
+
+``--relmax N`` (default 512; 0 skips it) also measures relevance maximisation over the demo
+dataset (N items rendered once into memory, so that both read the same tensors): the demo
+model, EpsilonPlusFlat with its batch-norm canonizer, the last two convolutions
+(``features.10``, ``features.15``), each item's label, batches of 32, one process:
+:func:`funcattr.datasets.relevance_maximization` (into a zarr store, top-40 tables at the end)
+against zennit-crp's ``FeatureVisualization.run`` (its files, top-40 tables), in images per
+second, and checks that both give the same top-40 samples (float32: the samples of near-ties
+may swap, so the share of equal entries is printed).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import torch
 import torchvision
 import zennit.composites as zc
 import zennit.torchvision as ztv
 from crp.attribution import CondAttribution
+from crp.concepts import ChannelConcept
+from crp.helper import load_maximization
+from crp.visualization import FeatureVisualization
+from zennit.canonizers import SequentialMergeBatchNorm
 
 import funcattr
 from funcattr.allocator import warm_allocator
 from funcattr.attribution import gradient, one_hot
 from funcattr.concepts import conditional_attribution
+from funcattr.datasets import DemoDataset, relevance_maximization
+from funcattr.demo import load_demo_model
 from funcattr.torchvision import ResNetCanonizer, VGGCanonizer
 
 MODELS = {
@@ -143,10 +162,68 @@ def bench_model(name: str, counts: list[int], crp_counts: list[int], repeats: in
               f"plain gradient")
 
 
+class Rendered(torch.utils.data.Dataset):
+    """Demo items rendered once: ``(image, label)`` pairs from memory."""
+
+    def __init__(self, size: int) -> None:
+        items = DemoDataset(size).__getitems__(list(range(size)))
+        self.images = torch.stack([item.image for item in items])
+        self.labels = [item.label for item in items]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        return self.images[index], self.labels[index]
+
+    def fingerprint(self) -> str:
+        return f"rendered demo, {len(self)} items"
+
+
+def bench_relmax(size: int, repeats: int) -> None:
+    layers = ["features.10", "features.15"]
+    dataset = Rendered(size)
+    model = load_demo_model()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    times: dict[str, list[tuple[float, float]]] = {"funcattr": [], "zennit-crp": []}
+    agreement = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder)
+            times["funcattr"].append(measure(functools.partial(
+                relevance_maximization, model, dataset, path / "ours", layers=layers,
+                composite=funcattr.composites.EpsilonPlusFlat(),
+                canonizers=funcattr.canonizers_for(model), batch_size=32, progress=False)))
+            crp_model = copy.deepcopy(model)
+            visualization = FeatureVisualization(
+                CondAttribution(crp_model, no_param_grad=True), dataset,
+                {name: ChannelConcept() for name in layers}, path=str(path / "crp"))
+            composite = zc.EpsilonPlusFlat(canonizers=[SequentialMergeBatchNorm()])
+            times["zennit-crp"].append(measure(
+                functools.partial(visualization.run, composite, 0, size, batch_size=32)))
+            run = funcattr.datasets.open_concept_store(path / "ours")
+            for name in layers:
+                for ranking, maximization in (("relevance", visualization.RelMax),
+                                              ("activation", visualization.ActMax)):
+                    samples = np.array(load_maximization(maximization.PATH, name)[0]).T
+                    ours = run.top(name, ranking).samples.numpy()
+                    agreement.append(float((ours == samples).mean()))
+    results = {case: summary(values) for case, values in times.items()}
+    print(f"\nrelevance maximisation, demo model, {size} demo items (64x64), layers "
+          f"{', '.join(layers)}, EpsilonPlusFlat, labels, batch 32, top 40, {repeats} rounds")
+    print(f"  {'case':<12} {'CPU median':>11} {'wall median':>12} {'images/s (CPU)':>15}")
+    for case, (median, _, _, wall) in results.items():
+        print(f"  {case:<12} {median:>10.2f}s {wall:>11.2f}s {size / median:>15.0f}")
+    print(f"  funcattr / zennit-crp throughput: "
+          f"{results['zennit-crp'][0] / results['funcattr'][0]:.1f}x; equal top-40 entries "
+          f"(float32): {min(agreement):.1%} (worst table)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS,
+    parser.add_argument("--models", nargs="*", choices=sorted(MODELS), default=sorted(MODELS,
                                                                                      reverse=True))
     parser.add_argument("--counts", nargs="+", type=int, default=[8, 32, 128])
     parser.add_argument("--crp-counts", nargs="+", type=int, default=[8, 32])
@@ -156,10 +233,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: CPU time is work, not spinning on a busy "
                              "machine)")
+    parser.add_argument("--relmax", type=int, default=512,
+                        help="demo items for the relevance maximisation comparison (0: skip)")
+    parser.add_argument("--relmax-repeats", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warm_allocator()  # as an application would (see funcattr.allocator)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if args.relmax:
+        bench_relmax(args.relmax, args.relmax_repeats)
     for name in args.models:
         bench_model(name, sorted(args.counts), sorted(args.crp_counts), args.repeats,
                     args.chunk_size, args.size)

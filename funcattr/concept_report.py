@@ -2,7 +2,8 @@
 
 :func:`render_concept_report` turns :class:`ConceptReportEntry` values (an input image, its
 most relevant concepts with their conditional heatmaps, and an attribution graph) into one
-self-contained HTML page, as :func:`funcattr.report.render_report` does for heatmaps: images are
+self-contained HTML page, as :func:`funcattr.report.render_report` does for heatmaps (with, per
+concept, its reference samples from a dataset when given: :class:`ConceptReference`): images are
 embedded as ``data:`` URIs, styles are inline, there is no script. :func:`graph_svg` draws an
 :class:`funcattr.concepts.AttributionGraph` as an inline SVG: one row per level (the root on
 top, the input at the bottom), each concept as its conditional heatmap, each edge as a line
@@ -21,7 +22,8 @@ from typing import Any
 from funcattr.concepts import INPUT_NODE, AttributionGraph, ConceptNode
 from funcattr.report import png_size
 
-__all__ = ["ConceptHeatmap", "ConceptReportEntry", "graph_svg", "render_concept_report"]
+__all__ = ["ConceptHeatmap", "ConceptReference", "ConceptReportEntry", "graph_svg",
+           "render_concept_report"]
 
 #: Size of a node's picture in the graph, in pixels.
 NODE_SIZE = 72
@@ -44,6 +46,9 @@ figcaption { font-size: 0.8em; color: #444; max-width: 12em; overflow-wrap: anyw
 img { image-rendering: pixelated; display: block; }
 div.graph { overflow-x: auto; }
 p.note { font-size: 0.8em; color: #555; margin: 0.3em 0; }
+div.references { display: flex; flex-wrap: wrap; gap: 0.3em; align-items: flex-end;
+                 margin: 0.2em 0; }
+div.references span.label { font-size: 0.8em; color: #444; min-width: 9em; }
 """
 
 
@@ -56,6 +61,23 @@ def _img(png: bytes, alt: str, width: int = 160) -> str:
     scale = width / max(w, 1)
     return (f'<img src="{_data_uri(png)}" width="{round(w * scale)}" '
             f'height="{round(h * scale)}" alt="{html.escape(alt)}">')
+
+
+@dataclasses.dataclass
+class ConceptReference:
+    """One reference sample of a concept (relevance maximisation): the part of a dataset item
+    where the concept's peak neuron draws its value.
+
+    Attributes
+    ----------
+    png : bytes
+        The patch as a PNG file.
+    caption : str
+        E.g. the item's source and score.
+    """
+
+    png: bytes
+    caption: str
 
 
 @dataclasses.dataclass
@@ -72,6 +94,8 @@ class ConceptHeatmap:
         The conditional heatmap as a PNG file.
     local : float or None
         Its relevance inside the region of interest, when one was given.
+    references : list of ConceptReference
+        Its reference samples from a dataset, best first (none: no row).
     """
 
     layer: str
@@ -79,6 +103,7 @@ class ConceptHeatmap:
     relevance: float
     png: bytes
     local: float | None = None
+    references: list[ConceptReference] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -193,6 +218,28 @@ def _format(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def _references(concepts: Sequence[ConceptHeatmap]) -> list[str]:
+    """One row per concept with reference samples: the label, then the patches."""
+    esc = html.escape
+    rows = [concept for concept in concepts if concept.references]
+    if not rows:
+        return []
+    parts = ["<h3>reference samples (relevance maximisation over the dataset)</h3>"]
+    for concept in rows:
+        parts.append(f'<div class="references"><span class="label">{esc(concept.layer)} : '
+                     f'{concept.channel}</span>')
+        for reference in concept.references:
+            alt = f"reference sample of {concept.layer} channel {concept.channel}"
+            parts.append(f"<figure>{_img(reference.png, alt, width=72)}"
+                         f"<figcaption>{esc(reference.caption)}</figcaption></figure>")
+        parts.append("</div>")
+    parts.append('<p class="note">Each picture is the part of a dataset item where the '
+                 'concept\'s most relevant neuron draws its value (its heatmap from the layer '
+                 'down, above a tenth of its peak after a blur: CRP\'s receptive-field crop), '
+                 'best item first.</p>')
+    return parts
+
+
 def render_concept_report(entries: Sequence[ConceptReportEntry], settings: Mapping[str, Any],
                           title: str = "funcattr concepts") -> str:
     """Render concept entries as one self-contained HTML page.
@@ -232,6 +279,7 @@ def render_concept_report(entries: Sequence[ConceptReportEntry], settings: Mappi
             parts.append(f"<figure>{_img(concept.png, alt)}"
                          f"<figcaption>{esc(caption)}</figcaption></figure>")
         parts.append("</div>")
+        parts.extend(_references(entry.concepts))
         if entry.graph is not None:
             graph = entry.graph
             parts.append(f"<h3>attribution graph of {esc(str(graph.root))} "

@@ -30,6 +30,7 @@ from funcattr.concepts import (
     concept_relevance,
     local_concept_relevance,
 )
+from funcattr.datasets import DemoDataset, open_concept_store
 
 pytestmark = pytest.mark.usefixtures(single_thread.__name__)
 
@@ -120,6 +121,10 @@ def test_region_ranks_by_local_relevance(tmp_path):
     (["--region", "8,8,80,40"], "lies outside the 64x64 model input"),
     (["--region", "8,8,4,40"], "expected X0,Y0,X1,Y1 with 0 <= X0 < X1"),
     (["--width", "2,0"], "expected positive integers separated by commas"),
+    (["--dataset", "demo:0"], "expected demo:N with N >= 1"),
+    (["--dataset", "demo:many"], "expected demo:N with a number of images"),
+    (["--dataset", "no/such/folder"], "expected demo:N or a folder of images"),
+    (["--store", "somewhere"], "--store and --overwrite-store need --dataset"),
 ])
 def test_mistakes_on_the_command_line(tmp_path, args, message):
     result = run(IMAGES[0], *args, "--output", tmp_path / "out")
@@ -173,3 +178,83 @@ def test_concept_report_page():
     with pytest.raises(TypeError, match=r"^graph_svg\(graph=dict\): expected an "
                                         r"AttributionGraph"):
         graph_svg({})
+
+
+# --------------------------------------------------------------------------------------------
+# Reference samples from a dataset (relevance maximisation)
+# --------------------------------------------------------------------------------------------
+
+def test_dataset_references_come_from_the_store_and_are_reused(tmp_path):
+    output = tmp_path / "out"
+    args = (IMAGES[0], "--top", "2", "--no-graph", "--dataset", "demo:24", "--references", "3",
+            "--batch-size", "8", "--output", output)
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    assert "references/" in result.output
+    summary = json.loads((output / "concepts.json").read_text())
+    assert "demo:24" in summary["settings"]["reference samples"]
+    store = open_concept_store(tmp_path / "out-store", group="concepts/features.15")
+    assert store.store.counts() == {"done": 24, "failed": 0, "pending": 0}
+    _, fn, params = demo_functional()
+    for concept in summary["images"][0]["concepts"]:
+        references = concept["references"]
+        assert [r["sample"] for r in references] == store.reference_samples(
+            "features.15", concept["channel"], n=3)
+        patches = store.reference_patches(fn, params, DemoDataset(24), "features.15",
+                                          concept["channel"], n=3)
+        assert [r["box"] for r in references] == [list(p.box) for p in patches]
+        assert all((output / r["file"]).is_file() for r in references)
+        assert references[0]["source"].startswith("demo:")
+    page = (output / "report.html").read_text()
+    assert "reference samples (relevance maximisation over the dataset)" in page
+    assert page.count('alt="reference sample of features.15') == 6
+    again = run(*args)  # the store is reused: nothing is computed again
+    assert again.exit_code == 0, again.output
+    reopened = open_concept_store(tmp_path / "out-store", group="concepts/features.15")
+    assert [s["mode"] for s in reopened.store.sessions] == ["resume", "resume"]
+    assert json.loads((output / "concepts.json").read_text())["images"] == summary["images"]
+
+
+def test_dataset_store_with_other_settings_is_refused_until_overwritten(tmp_path):
+    output = tmp_path / "out"
+    common = (IMAGES[0], "--top", "1", "--no-graph", "--dataset", "demo:8", "--references", "2",
+              "--output", output)
+    assert run(*common).exit_code == 0
+    result = run(*common, "--composite", "epsilon_alpha2_beta1")
+    assert result.exit_code == 2
+    assert "holds a relevance maximisation of features.15 with other settings" in " ".join(
+        result.output.split())
+    assert "--overwrite-store" in result.output
+    result = run(*common, "--composite", "epsilon_alpha2_beta1", "--overwrite-store")
+    assert result.exit_code == 0, result.output
+
+
+def test_store_inside_the_output_folder_is_refused(tmp_path):
+    result = run(IMAGES[0], "--dataset", "demo:4", "--store", tmp_path / "out" / "store",
+                 "--output", tmp_path / "out")
+    assert result.exit_code == 2
+    assert "lies inside --output" in " ".join(result.output.split())
+
+
+def test_output_folder_checked_before_any_work(tmp_path):
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "report.html").write_text("mine")
+    result = run(IMAGES[0], "--dataset", "demo:4", "--output", output)
+    assert result.exit_code == 2
+    assert "not written by funcattr concepts" in " ".join(result.output.split())
+    assert not (tmp_path / "out-store").exists()  # nothing was computed
+    assert (output / "report.html").read_text() == "mine"
+
+
+def test_unreadable_image_in_a_folder_is_skipped(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "good.png").write_bytes(IMAGES[0].read_bytes())
+    (folder / "broken.png").write_bytes(b"not a png")
+    result = run(folder, "--top", "1", "--no-graph", "--output", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "out" / "concepts.json").read_text())
+    assert [r["name"] for r in summary["images"]] == ["good"]
+    assert [s["source"] for s in summary["skipped"]] == [str(folder / "broken.png")]
+    assert "note: skipped" in result.output

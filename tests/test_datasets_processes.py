@@ -30,14 +30,14 @@ def _environment() -> dict[str, str]:
 
 
 def run(path: Path, *options: str, ranks: int = 1, check: bool = True,
-        timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run the worker in one process, or under torchrun with ``ranks`` processes on
-    loopback (the rendezvous picks a free port)."""
+        timeout: float = 300, worker: Path = WORKER) -> subprocess.CompletedProcess:
+    """Run the worker (a script taking the run folder first) in one process, or under
+    torchrun with ``ranks`` processes on loopback (the rendezvous picks a free port)."""
     command = [sys.executable]
     if ranks > 1:
         command += ["-m", "torch.distributed.run", f"--nproc-per-node={ranks}",
                     "--rdzv-backend=c10d", "--rdzv-endpoint=127.0.0.1:0", "--max-restarts=0"]
-    command += [str(WORKER), str(path), *options]
+    command += [str(worker), str(path), *options]
     result = subprocess.run(command, env=_environment(), capture_output=True, text=True,
                             timeout=timeout, check=False)
     if check and result.returncode != 0:

@@ -6,8 +6,11 @@ relevance for the explained class (CRP), draws each top concept's conditional he
 decomposes the top concept into lower-layer concepts down to the input (an attribution graph);
 with no images it explains the built-in demo model on its shipped samples. With ``--region`` the
 concepts are ranked by their relevance inside that part of the image (local analysis). Layer
-names are the model's own (``model.named_modules()``). Reference samples from a data set
-(relevance maximisation) are not part of this command yet. See ``docs/concepts.md``.
+names are the model's own (``model.named_modules()``). With ``--dataset demo:N`` or a folder,
+each top concept shows its reference samples: relevance maximisation over the dataset
+(:func:`funcattr.datasets.relevance_maximization`), stored in ``--store`` (beside the output
+folder, which each run replaces whole) and reused by later runs with the same settings. See
+``docs/concepts.md``.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ import io
 import json
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
@@ -30,11 +34,29 @@ from funcattr.cli.attributors import DEFAULT_LRP_COMPOSITE, build_composite
 from funcattr.cli.canonizers import resolve_canonizers
 from funcattr.cli.group import COMMANDS, main
 from funcattr.cli.heatmaps import normalize_relevance
-from funcattr.cli.models import LoadedModel
-from funcattr.cli.options import image_arguments, model_from_options, model_options
+from funcattr.cli.models import DEMO_MODELS, LoadedModel
+from funcattr.cli.options import (
+    FiniteFloatRange,
+    check_cmap,
+    image_arguments,
+    model_from_options,
+    model_options,
+)
 from funcattr.cli.output import Staging, png_bytes, reported_errors
-from funcattr.cli.samples import collect_samples, demo_samples, load_sample
-from funcattr.concept_report import ConceptHeatmap, ConceptReportEntry, render_concept_report
+from funcattr.cli.progress import Progress
+from funcattr.cli.samples import (
+    Sample,
+    collect_samples,
+    demo_samples,
+    load_samples,
+    none_readable,
+)
+from funcattr.concept_report import (
+    ConceptHeatmap,
+    ConceptReference,
+    ConceptReportEntry,
+    render_concept_report,
+)
 from funcattr.concepts import (
     INPUT_NODE,
     attribution_graph,
@@ -43,9 +65,13 @@ from funcattr.concepts import (
     concept_relevance,
     local_concept_relevance,
 )
+from funcattr.demo import IMAGE_SIZE as DEMO_IMAGE_SIZE
 from funcattr.functional import functionalize
 from funcattr.image import imgify
 from funcattr.types import Convolution
+
+if TYPE_CHECKING:
+    from funcattr.datasets import ConceptStore
 
 __all__ = ["concepts", "run_concepts"]
 
@@ -143,6 +169,31 @@ def _resolve_target(spec: str, loaded: LoadedModel) -> int | None:
         param_hint="--target")
 
 
+class DatasetType(click.ParamType):
+    """``--dataset``: ``demo:N`` (the demo's procedural images) or a folder of images."""
+
+    name = "demo:N|FOLDER"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        text = str(value).strip()
+        match = re.fullmatch(r"demo:(\d+)", text)
+        if match:
+            if int(match.group(1)) < 1:
+                self.fail(f"{text!r}: expected demo:N with N >= 1, e.g. demo:1000.", param, ctx)
+            return ("demo", int(match.group(1)))
+        if text.startswith("demo:") or text == "demo":
+            self.fail(f"{text!r}: expected demo:N with a number of images, e.g. demo:1000.",
+                      param, ctx)
+        path = Path(text)
+        if not path.is_dir():
+            what = "is a file" if path.exists() else "does not exist"
+            self.fail(f"{text!r}: expected demo:N or a folder of images (class sub-folders as "
+                      f"labels), got a path that {what}.", param, ctx)
+        return ("folder", path)
+
+
 @main.command(name="concepts", short_help=COMMANDS["concepts"][1])
 @image_arguments
 @model_options
@@ -165,10 +216,24 @@ def _resolve_target(spec: str, loaded: LoadedModel) -> int | None:
               help="Decompose the top concept into lower-layer concepts (attribution graph).")
 @click.option("--width", type=WidthType(), default="3,2", show_default=True,
               help="Attribution graph: concepts kept per layer at each level.")
+@click.option("--dataset", type=DatasetType(), default=None,
+              help="Show each top concept's reference samples from a dataset: demo:N (N demo "
+                   "images, their labels explained) or a FOLDER of images (class sub-folders "
+                   "as labels, else the prediction explained). Relevance maximisation over it "
+                   "is stored in --store and reused by later runs.")
+@click.option("--store", type=click.Path(path_type=Path), default=None,
+              help="Folder of the relevance maximisation store [default: OUTPUT-store].")
+@click.option("--overwrite-store", is_flag=True,
+              help="Replace a --store written with other settings (model, composite, dataset).")
+@click.option("--references", type=click.IntRange(min=1), default=6, show_default=True,
+              help="Reference samples shown per concept (with --dataset).")
+@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Dataset items per step of the relevance maximisation.")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None,
               help="Conditions per backward step (bounds memory) [default: all at once].")
-@click.option("--cmap", default="bwr", show_default=True, help="Colour map of the heatmaps.")
-@click.option("--level", type=click.FloatRange(min=0, min_open=True), default=1.0,
+@click.option("--cmap", default="bwr", show_default=True, callback=check_cmap,
+              help="Colour map: a name from `funcattr list cmaps` or a spec like 00f,80:fff,f00.")
+@click.option("--level", type=FiniteFloatRange(min=0, min_open=True), default=1.0,
               show_default=True, help="Colour-map contrast around the centre.")
 @click.option("--output", "-o", type=click.Path(path_type=Path),
               default=Path("funcattr-concepts"), show_default=True, help="Output folder.")
@@ -177,9 +242,10 @@ def concepts(**options: Any) -> None:
     """Show the most relevant concepts of a layer for IMAGES (PNG/JPEG files or folders).
 
     For each image: the top concepts (channels) of --layer by relevance for --target, each
-    concept's conditional heatmap (CRP), and an attribution graph decomposing the top concept
-    into lower-layer concepts down to the input. Without IMAGES the demo model's sample images
-    are used. The output folder receives report.html, concepts.json and the heatmaps.
+    concept's conditional heatmap (CRP), an attribution graph decomposing the top concept
+    into lower-layer concepts down to the input, and with --dataset each concept's reference
+    samples (relevance maximisation). Without IMAGES the demo model's sample images are used.
+    The output folder receives report.html, concepts.json, the heatmaps and references.
     """
     run_concepts(**options)
 
@@ -196,6 +262,12 @@ def _small_png(relevance: Tensor, options: dict[str, Any]) -> bytes:
     return png_bytes(image.resize((_GRAPH_PICTURE, _GRAPH_PICTURE), Image.Resampling.BILINEAR))
 
 
+def _image_png(image: Tensor) -> bytes:
+    """An RGB image tensor ``(3, H, W)`` in ``[0, 1]`` as a PNG file."""
+    pixels = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255)
+    return png_bytes(Image.fromarray(pixels.round().astype(np.uint8), "RGB"))
+
+
 def _region_mask(box: tuple[int, int, int, int] | None, size: int) -> Tensor | None:
     if box is None:
         return None
@@ -209,10 +281,94 @@ def _region_mask(box: tuple[int, int, int, int] | None, size: int) -> Tensor | N
     return mask
 
 
+def _planned(samples: Sequence[Sample]) -> list[str]:
+    """The files a run on ``samples`` writes that are known before it (to name a clash before
+    any work); heatmaps and references are named by the concepts found."""
+    return ["report.html", _SUMMARY_FILE,
+            *(f"inputs/{s.name}.png" for s in samples if s.problem is None)]
+
+
+def _store_folder(options: dict[str, Any]) -> Path | None:
+    """``--store`` (default ``OUTPUT-store``), refused inside the output folder (which a run
+    replaces whole)."""
+    if options["dataset"] is None:
+        if options["store"] is not None or options["overwrite_store"]:
+            raise click.BadParameter("--store and --overwrite-store need --dataset.",
+                                     param_hint="--store")
+        return None
+    output: Path = options["output"]
+    store = options["store"] or output.with_name(output.name + "-store")
+    resolved, outside = store.resolve(), output.resolve()
+    if resolved == outside or outside in resolved.parents:
+        raise click.BadParameter(
+            f"{store} lies inside --output {output}, which each run replaces whole; choose a "
+            f"folder beside it.", param_hint="--store")
+    return store
+
+
+def _dataset(spec: tuple[str, Any], loaded: LoadedModel) -> tuple[Any, str, str]:
+    """``(dataset, description, target)`` for ``--dataset``."""
+    from funcattr.datasets import DemoDataset, ImageFolder  # zarr: only with --dataset
+
+    kind, value = spec
+    if kind == "demo":
+        if loaded.input_size != DEMO_IMAGE_SIZE:
+            raise click.BadParameter(
+                f"demo:{value} holds {DEMO_IMAGE_SIZE}x{DEMO_IMAGE_SIZE} images, but --model "
+                f"{loaded.name} takes {loaded.input_size}x{loaded.input_size}; pass a FOLDER "
+                f"of images.", param_hint="--dataset")
+        return DemoDataset(value), f"demo:{value} (labels explained)", "label"
+    try:
+        dataset = ImageFolder(value, size=loaded.input_size)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--dataset") from error
+    if dataset.classes:
+        return dataset, f"{value} ({len(dataset)} images, labels explained)", "label"
+    return dataset, f"{value} ({len(dataset)} images, predictions explained)", "prediction"
+
+
+def _maximize(loaded: LoadedModel, composite, canonizers, layer: str, options: dict[str, Any],
+              store: Path) -> tuple[ConceptStore, Any, str]:
+    """Relevance maximisation of ``layer`` over ``--dataset`` into ``store`` (reused when
+    done)."""
+    from funcattr.datasets import CONCEPT_GROUP, relevance_maximization
+
+    dataset, description, target = _dataset(options["dataset"], loaded)
+    group = f"{CONCEPT_GROUP}/{layer}"
+    mode = "overwrite" if options["overwrite_store"] else "resume"
+    failed = f"relevance maximisation of --layer {layer} over --dataset failed"
+    with reported_errors(failed, fix="Try another --layer, --composite or --canonizer;",
+                         memory="lower --batch-size"):
+        try:
+            run = relevance_maximization(
+                loaded.model, dataset, store, layers=[layer], composite=composite,
+                canonizers=canonizers, target=target, n_top=max(options["references"], 8),
+                group=group, batch_size=options["batch_size"], mode=mode,
+                device=loaded.device, progress=not options["quiet"])
+        except ValueError as error:
+            if "other settings" not in str(error):
+                raise
+            differences = str(error).split("continued: ", 1)[-1].split(". Pass", 1)[0]
+            raise click.BadParameter(
+                f"{store} holds a relevance maximisation of {layer} with other settings "
+                f"({differences}). Pass --overwrite-store to replace it, or another --store.",
+                param_hint="--store") from error
+    return run, dataset, description
+
+
 def run_concepts(**options: Any) -> dict:
     """The body of ``funcattr concepts``; returns the summary it writes."""
     started = time.perf_counter()
+    quiet = options["quiet"]
     output_dir: Path = options["output"]
+    if options["images"]:
+        samples = collect_samples(options["images"], recursive=options["recursive"],
+                                  exclude=output_dir, allow_large=options["allow_large_images"])
+    else:
+        samples = demo_samples(with_labels=options["model"] in DEMO_MODELS)
+    staging = Staging(output_dir, _SUMMARY_FILE, _TOOL_TAG)
+    staging.check(_planned(samples))  # before any work
+    store = _store_folder(options)
     loaded = model_from_options(options)
     layer = _resolve_layer(options["layer"], loaded)
     prefix = _prefix(loaded)
@@ -229,13 +385,13 @@ def run_concepts(**options: Any) -> dict:
             f"--composite {composite_text} / --canonizer {canonizer_text} do not fit --model "
             f"{loaded.name}: {error} Choose another --composite or --canonizer."
         ) from error
-    if options["images"]:
-        samples = collect_samples(options["images"], recursive=options["recursive"],
-                                  exclude=output_dir)
-    else:
-        samples = demo_samples(with_labels=loaded.name == "demo")
     user_layers = _user_layers(loaded)
     graph_layers = [name for name in concept_layers(fn) if name[len(prefix):] in user_layers]
+    references = None
+    if store is not None:
+        references = _References(*_maximize(loaded, composite, canonizers, prefix + layer,
+                                            options, store), fn, params, prefix + layer,
+                                 options["references"], store)
 
     settings = {
         "model": loaded.name, "weights": loaded.weights, "layer": layer,
@@ -247,35 +403,77 @@ def run_concepts(**options: Any) -> dict:
         "graph width": ",".join(map(str, options["width"])) if options["graph"] else "no graph",
         "initial relevance": "score * one-hot (CRP)", "device": str(loaded.device),
     }
-    staging = Staging(output_dir, _SUMMARY_FILE, _TOOL_TAG)
-    try:
-        staging.check_replaceable(["report.html", _SUMMARY_FILE])
-        records, entries = [], []
-        for sample in samples:
-            record, entry = _explain_one(sample, loaded, fn, params, prefix + layer, prefix,
-                                         target, region, graph_layers, options, staging)
-            records.append(record)
-            entries.append(entry)
-        summary = {"tool": _TOOL_TAG, "settings": settings, "images": records,
-                   "seconds": round(time.perf_counter() - started, 3)}
-        staging.path(_SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n",
-                                               encoding="utf-8")
+    if references is not None:
+        settings["reference samples"] = (f"{options['references']} per concept by relevance "
+                                         f"over {references.description}, store {store}")
+    with staging:
+        records, entries, skipped = [], [], [s for s in samples if s.problem is not None]
+        readable = [s for s in samples if s.problem is None]
+        progress = Progress(len(readable), f"concepts of {layer} on {len(readable)} images",
+                            "images", quiet=quiet)
+        with progress:
+            for sample in readable:
+                kept, pairs, unreadable = load_samples(
+                    [sample], loaded.input_size, loaded.resize,
+                    allow_large=options["allow_large_images"])
+                skipped += unreadable
+                if kept:
+                    record, entry = _explain_one(sample, pairs[0][0], loaded, fn, params,
+                                                 prefix + layer, prefix, target, region,
+                                                 graph_layers, options, staging, references)
+                    records.append(record)
+                    entries.append(entry)
+                progress.advance()
+        if not records:
+            raise none_readable(len(samples), skipped)
         staging.path("report.html").write_text(
             render_concept_report(entries, settings,
                                   title=f"funcattr concepts: {loaded.name}, {layer}"),
             encoding="utf-8")
+        summary = {"tool": _TOOL_TAG, "settings": settings, "images": records,
+                   "skipped": [{"source": s.source, "reason": s.problem} for s in skipped]}
+        summary["files"] = staging.manifest()
+        summary["seconds"] = round(time.perf_counter() - started, 3)
+        staging.path(_SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n",
+                                               encoding="utf-8")
         staging.commit()
-    except BaseException:
-        staging.discard()
-        raise
-    if not options["quiet"]:
+    if not quiet:
+        for s in skipped:
+            click.echo(f"note: skipped {s.source}: {s.problem}", err=True)
         _print_summary(summary, output_dir)
     return summary
 
 
-def _explain_one(sample, loaded, fn, params, layer, prefix, target, region, graph_layers,
-                 options, staging) -> tuple[dict, ConceptReportEntry]:
-    image, _ = load_sample(sample, loaded.input_size, loaded.resize)
+class _References:
+    """The reference samples of the concepts of one layer, each concept's computed once."""
+
+    def __init__(self, run: ConceptStore, dataset: Any, description: str, fn, params,
+                 layer: str, count: int, store: Path) -> None:
+        self.run, self.dataset, self.description = run, dataset, description
+        self.fn, self.params, self.layer, self.count, self.store = fn, params, layer, count, store
+        self.done: dict[int, list[tuple[dict, ConceptReference]]] = {}
+
+    def of(self, channel: int, shown: str, staging: Staging
+           ) -> list[tuple[dict, ConceptReference]]:
+        if channel not in self.done:
+            patches = self.run.reference_patches(self.fn, self.params, self.dataset,
+                                                 self.layer, channel, n=self.count)
+            sources = self.run.store.group["items/source"]
+            found = []
+            for rank, patch in enumerate(patches):
+                file = f"references/{shown}_{channel}_{rank + 1}.png"
+                png = _image_png(patch.image)
+                staging.path(file).write_bytes(png)
+                source = str(sources[patch.sample]) or f"item {patch.sample}"
+                found.append(({"sample": patch.sample, "source": source,
+                               "relevance": patch.value, "box": list(patch.box), "file": file},
+                              ConceptReference(png, f"#{patch.sample} ({patch.value:+.3f})")))
+            self.done[channel] = found
+        return self.done[channel]
+
+
+def _explain_one(sample, image, loaded, fn, params, layer, prefix, target, region, graph_layers,
+                 options, staging, references) -> tuple[dict, ConceptReportEntry]:
     x = image[None].to(loaded.device)
     with torch.no_grad():
         logits = loaded.model(x)
@@ -299,19 +497,24 @@ def _explain_one(sample, loaded, fn, params, layer, prefix, target, region, grap
             graph = attribution_graph(fn, params, x, layer, channels[0], explained,
                                       width=options["width"], layers=graph_layers,
                                       chunk_size=options["chunk_size"])
-    input_png = png_bytes(Image.fromarray(
-        (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), "RGB"))
+        found = {c: references.of(c, shown, staging) for c in channels} if references else {}
+    input_png = _image_png(image)
     staging.path(f"inputs/{sample.name}.png").write_bytes(input_png)
     concepts_out, pictures = [], []
     for rank, channel in enumerate(channels):
         png = _png(heatmaps[rank, 0], options)
         file = f"heatmaps/{sample.name}_{shown}_{channel}.png"
         staging.path(file).write_bytes(png)
-        concepts_out.append({"channel": channel, "relevance": float(shares[channel]),
-                             "local_relevance": None if local is None else float(local[channel]),
-                             "heatmap": file})
+        concept: dict[str, Any] = {
+            "channel": channel, "relevance": float(shares[channel]),
+            "local_relevance": None if local is None else float(local[channel]),
+            "heatmap": file}
+        if references is not None:
+            concept["references"] = [record for record, _ in found[channel]]
+        concepts_out.append(concept)
         pictures.append(ConceptHeatmap(shown, channel, float(shares[channel]), png,
-                                       None if local is None else float(local[channel])))
+                                       None if local is None else float(local[channel]),
+                                       [picture for _, picture in found.get(channel, [])]))
     record: dict[str, Any] = {
         "name": sample.name, "source": sample.source,
         "predicted": {"index": int(logits.argmax(1)[0]),
@@ -358,5 +561,8 @@ def _print_summary(summary: dict, output_dir: Path) -> None:
     for record in summary["images"]:
         top = ", ".join(f"{c['channel']} ({c['relevance']:+.2f})" for c in record["concepts"])
         click.echo(f"  {record['name']}: {record['explained']['class']}: {top}")
-    click.echo(f"wrote {_SUMMARY_FILE}, heatmaps/, inputs/ and report.html to {output_dir}/")
+    references = "references" in settings.get("reference samples", "") or any(
+        "references" in c for r in summary["images"] for c in r["concepts"])
+    folders = "heatmaps/, inputs/, references/" if references else "heatmaps/, inputs/"
+    click.echo(f"wrote {_SUMMARY_FILE}, {folders} and report.html to {output_dir}/")
     click.echo(f"open {output_dir / 'report.html'} in a browser")

@@ -59,6 +59,7 @@ from funcattr.cli.options import (
     attributor_options,
     attributor_settings,
     attributor_values,
+    check_cmap,
     check_composite_use,
     check_option_use,
     input_options,
@@ -75,7 +76,7 @@ from funcattr.cli.samples import (
     none_readable,
 )
 from funcattr.functional import functionalize
-from funcattr.image import CMAPS, get_cmap, imgify
+from funcattr.image import imgify
 from funcattr.report import HeatmapEntry, ReportEntry, render_report
 
 if TYPE_CHECKING:
@@ -137,20 +138,6 @@ class TargetType(click.ParamType):
         self.fail("expected pred, a class index, a class name or topK.", param, ctx)
 
 
-def _check_cmap(ctx, param, value):
-    try:
-        get_cmap(value)
-    except (RuntimeError, TypeError, ValueError) as error:
-        close = difflib.get_close_matches(value, list(CMAPS), n=2)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise click.BadParameter(
-            f"{value!r} is neither a colour map name ({', '.join(CMAPS)}) nor a colour-map "
-            f"spec such as '00f,80:fff,f00'.{hint}"
-        ) from error
-    return value
-
-
-
 @main.command(name="explain", short_help=COMMANDS["explain"][1])
 @input_options
 @model_options
@@ -175,7 +162,7 @@ def _check_cmap(ctx, param, value):
                    "least one) [default: about 2^18 input pixels per step].")
 @click.option("--seed", type=int, default=0, show_default=True,
               help=f"{' and '.join(n for n, s in ATTRIBUTORS.items() if s.random)}: noise seed.")
-@click.option("--cmap", default="bwr", show_default=True, callback=_check_cmap,
+@click.option("--cmap", default="bwr", show_default=True, callback=check_cmap,
               help="Colour map: a name from `funcattr list cmaps` or a spec like 00f,80:fff,f00.")
 @click.option("--level", type=FiniteFloatRange(min=0, min_open=True), default=1.0,
               show_default=True, help="Colour-map contrast around the centre.")

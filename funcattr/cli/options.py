@@ -8,6 +8,7 @@ help. :func:`check_option_use` refuses an option no chosen attributor uses.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections.abc import Callable, Iterable
@@ -29,6 +30,7 @@ __all__ = [
     "attributor_options",
     "attributor_settings",
     "attributor_values",
+    "check_cmap",
     "check_composite_use",
     "check_option_use",
     "explicit",
@@ -202,6 +204,22 @@ def attributor_settings(attributors: Iterable[str], values: dict[str, Any]) -> d
             value = values[option.name]
             settings[option.name] = "x".join(map(str, value)) if option.kind == "size" else value
     return settings
+
+
+def check_cmap(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """``--cmap``: a colour map name or spec (the click callback of the commands)."""
+    from funcattr.image import CMAPS, get_cmap  # the image layer loads PIL: on first use
+
+    try:
+        get_cmap(value)
+    except (RuntimeError, TypeError, ValueError) as error:
+        close = difflib.get_close_matches(value, list(CMAPS), n=2)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise click.BadParameter(
+            f"{value!r} is neither a colour map name ({', '.join(CMAPS)}) nor a colour-map "
+            f"spec such as '00f,80:fff,f00'.{hint}"
+        ) from error
+    return value
 
 
 def model_options(function: Callable) -> Callable:

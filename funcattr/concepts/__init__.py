@@ -9,7 +9,12 @@ part of relevance maximisation.
   :func:`local_concept_relevance`, :func:`concept_heatmaps`, :func:`channel_relevance`;
 - :mod:`~funcattr.concepts.graph`: :func:`attribution_graph`;
 - :mod:`~funcattr.concepts.statistics`: :func:`concept_statistics`, :func:`top_samples`,
-  :func:`merge_top_samples` (relevance maximisation, per batch).
+  :func:`merge_top_samples` (relevance maximisation, per batch);
+- :mod:`~funcattr.concepts.references`: :func:`neuron_heatmaps`, :func:`reference_box`,
+  :func:`gaussian_blur` (the reference patches of relevance maximisation).
+
+Relevance maximisation over a whole dataset (streamed, resumable, ``torchrun``-sharded) is
+:func:`funcattr.datasets.relevance_maximization`, in the datasets layer above this one.
 
 See ``docs/concepts.md``.
 """
@@ -33,6 +38,12 @@ from funcattr.concepts.ranking import (
     local_concept_relevance,
     top_concepts,
 )
+from funcattr.concepts.references import (
+    ReferenceBox,
+    gaussian_blur,
+    neuron_heatmaps,
+    reference_box,
+)
 from funcattr.concepts.statistics import (
     MAX_TARGETS,
     ConceptStatistics,
@@ -52,6 +63,7 @@ __all__ = [
     "ConceptStatistics",
     "Condition",
     "ConditionalAttribution",
+    "ReferenceBox",
     "TopConcepts",
     "TopSamples",
     "attribution_graph",
@@ -61,9 +73,12 @@ __all__ = [
     "concept_relevance",
     "concept_statistics",
     "conditional_attribution",
+    "gaussian_blur",
     "input_layers",
     "local_concept_relevance",
     "merge_top_samples",
+    "neuron_heatmaps",
+    "reference_box",
     "top_concepts",
     "top_samples",
 ]

@@ -7,8 +7,18 @@
 
 The same script under ``torchrun --nproc-per-node 4 script.py`` splits the items over four
 processes; rerunning it after a crash continues where it stopped. See ``docs/datasets.md``.
+:func:`relevance_maximization` finds the reference samples of concepts the same way (see
+``docs/concepts.md``).
 """
 
+from funcattr.datasets.concepts import (
+    CONCEPT_GROUP,
+    ConceptStore,
+    ReferencePatch,
+    RelevanceMaximizationJob,
+    open_concept_store,
+    relevance_maximization,
+)
 from funcattr.datasets.evaluation import DATASET_METRICS, DEFAULT_DATASET_METRICS
 from funcattr.datasets.explain import (
     STORE_DTYPES,
@@ -30,6 +40,7 @@ from funcattr.datasets.store import (
 )
 
 __all__ = [
+    "CONCEPT_GROUP",
     "DATASET_METRICS",
     "DEFAULT_DATASET_METRICS",
     "DONE",
@@ -39,18 +50,23 @@ __all__ = [
     "PENDING",
     "STORE_DTYPES",
     "Batch",
+    "ConceptStore",
     "DatasetStore",
     "DemoDataset",
     "ExplainJob",
     "ImageFolder",
     "Item",
     "Job",
+    "ReferencePatch",
+    "RelevanceMaximizationJob",
     "StoreFullError",
     "StoreSettingsError",
     "as_item",
     "evaluate_dataset",
     "explain_dataset",
     "item_seed",
+    "open_concept_store",
     "open_store",
+    "relevance_maximization",
     "run_job",
 ]

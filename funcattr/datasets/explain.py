@@ -37,9 +37,10 @@ from funcattr.datasets.reader import DatasetStore, open_store
 from funcattr.datasets.run import run_job
 from funcattr.datasets.summary import summarize_explanation
 from funcattr.functional import functionalize
+from funcattr.ruled import FunctionalModel
 
-__all__ = ["STORE_DTYPES", "ExplainJob", "evaluate_dataset", "explain_dataset",
-           "item_seed"]
+__all__ = ["STORE_DTYPES", "ExplainJob", "batch_input", "evaluate_dataset", "explain_dataset",
+           "item_seed", "model_fingerprint", "params_on", "rules_settings"]
 
 #: Dtypes of the stored relevance.
 STORE_DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "float32": torch.float32,
@@ -97,6 +98,38 @@ def _describe(value: Any) -> Any:
     if callable(value):
         return _qualified(value)
     return _ADDRESS.sub("", repr(value))
+
+
+def rules_settings(model: nn.Module, composite: Any, canonizers: Any,
+                   fn: FunctionalModel) -> dict[str, Any]:
+    """The settings of a job that runs ``model`` with rules: its fingerprint, the composite,
+    a SHA-256 of the rules ``fn`` assigned, the canonizers (compared on resume)."""
+    if canonizers is not None and not isinstance(canonizers, Sequence):
+        canonizers = [canonizers]
+    return {
+        "model": model_fingerprint(model),
+        "composite": _describe(get_composite(composite) if isinstance(composite, str)
+                               else composite),
+        "rules_sha256": hashlib.sha256(repr(fn.rules).encode()).hexdigest(),
+        "canonizers": [repr(c) for c in canonizers or ()],
+    }
+
+
+def params_on(params: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    """The parameters on ``device`` (new tensors where they move; the model is not changed)."""
+    first = next(iter(params.values()), None)
+    if first is not None and first.device != device:
+        return {name: tensor.to(device) for name, tensor in params.items()}
+    return params
+
+
+def batch_input(batch: Batch, params: dict[str, Tensor], device: torch.device) -> Tensor:
+    """A batch's loaded images on ``device``, floating images in the parameters' dtype."""
+    x = batch.images.to(device, non_blocking=True)
+    first = next(iter(params.values()), None)
+    if first is not None and x.dtype != first.dtype and x.is_floating_point():
+        x = x.to(first.dtype)
+    return x
 
 
 def model_fingerprint(model: nn.Module) -> dict[str, Any]:
@@ -176,17 +209,9 @@ class ExplainJob:
 
     def settings(self) -> dict[str, Any]:
         """Everything that determines the stored values (compared on resume)."""
-        canonizers = self.canonizers
-        if canonizers is not None and not isinstance(canonizers, Sequence):
-            canonizers = [canonizers]
-        rules = hashlib.sha256(repr(self.fn.rules).encode()).hexdigest()
         return {
             "job": "explain",
-            "model": model_fingerprint(self.model),
-            "composite": _describe(get_composite(self.composite)
-                                   if isinstance(self.composite, str) else self.composite),
-            "rules_sha256": rules,
-            "canonizers": [repr(c) for c in canonizers or ()],
+            **rules_settings(self.model, self.composite, self.canonizers, self.fn),
             "attributor": _attributor_name(self.function),
             "options": _describe(self.options),
             "target": self.target,
@@ -200,9 +225,7 @@ class ExplainJob:
     def setup(self, device: torch.device) -> None:
         """Move the parameters (new tensors; the model is not changed) to ``device``."""
         self.device = device
-        first = next(iter(self.params.values()), None)
-        if first is not None and first.device != device:
-            self.params = {name: tensor.to(device) for name, tensor in self.params.items()}
+        self.params = params_on(self.params, device)
 
     def dims(self, name: str, shape: tuple[int, ...]) -> tuple[str, ...] | None:
         if name == "relevance" and len(shape) == 3:
@@ -226,10 +249,7 @@ class ExplainJob:
         return torch.stack(draws, dim=1).to(x.device)
 
     def __call__(self, batch: Batch) -> dict[str, Any]:
-        x = batch.images.to(self.device, non_blocking=True)
-        first = next(iter(self.params.values()), None)
-        if first is not None and x.dtype != first.dtype and x.is_floating_point():
-            x = x.to(first.dtype)
+        x = batch_input(batch, self.params, self.device)
         count = x.shape[0]
         labels = batch.labels[batch.ok]
         errors = [""] * count
