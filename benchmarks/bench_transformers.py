@@ -14,7 +14,9 @@ is warmed first (:func:`funcattr.warm_allocator`), as in the other benchmarks; i
 every method alike (fewer page faults for fresh buffers).
 
 - ``vit_b_16`` (seeded random init, 224 px, batch 1), the argmax logit: plain gradient (torch
-  autograd), funcattr ``relevance`` with ``AttnLRP()`` and ``CPLRP()``;
+  autograd), funcattr ``relevance`` with no composite (input x gradient through ``fn``: the
+  cost of the functional call itself, the floor of any rule set), ``AttnLRP()`` and
+  ``CPLRP()``;
 - all-MiniLM-L6-v2 (SDPA, 128 tokens), cosine similarity of the mean-pooled embedding to a
   unit vector, norm held constant (needs the ``text`` extra);
 - GPT-2 small (random init, SDPA), 24-token prompt, 8 greedily generated tokens, every
@@ -82,7 +84,8 @@ def vit_tasks() -> list[Task]:
         fn, params = funcattr.functionalize(model, composite)
         return lambda: funcattr.relevance(fn, params, x, funcattr.one_hot(target))[1]
 
-    return [Task("plain gradient", "", plain), Task("funcattr AttnLRP", "", explain(AttnLRP())),
+    return [Task("plain gradient", "", plain), Task("funcattr no rules", "", explain(None)),
+            Task("funcattr AttnLRP", "", explain(AttnLRP())),
             Task("funcattr CP-LRP", "", explain(CPLRP()))]
 
 
@@ -112,7 +115,8 @@ def minilm_tasks() -> list[Task]:
         embed = embedding_function(fn, attention_mask=mask, pool="mean")
         return lambda: funcattr.relevance(embed, params, words, cosine_to(unit[None]))[1]
 
-    return [Task("plain gradient", "", plain), Task("funcattr AttnLRP", "", explain(AttnLRP())),
+    return [Task("plain gradient", "", plain), Task("funcattr no rules", "", explain(None)),
+            Task("funcattr AttnLRP", "", explain(AttnLRP())),
             Task("funcattr CP-LRP", "", explain(CPLRP()))]
 
 

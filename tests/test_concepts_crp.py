@@ -257,7 +257,7 @@ def test_vgg16(exclude_parallel):
     model = randomise(vgg16(weights=None), 0)
     conditions = (_conditions({"features.28": [[0], [7, 300], [511]]}, [1])
                   + _conditions({"features.28": [[3]], "features.19": [[5], [100]]}, [7]))
-    compare(model, "vgg", "EpsilonPlusFlat", image(224), conditions,
+    compare(model, "vgg", "EpsilonPlusFlat", image(112), conditions,
             ["features.26", "features.14"], exclude_parallel)
 
 
@@ -268,5 +268,5 @@ def test_resnet50(exclude_parallel):
     model = randomise(resnet50(weights=None), 0)
     conditions = (_conditions({"layer4.2.conv3": [[0], [7, 300]]}, [1])
                   + _conditions({"layer4.0": [[2047]], "layer3.5": [[5], [900]]}, [5]))
-    compare(model, "resnet", "EpsilonGammaBox", image(224), conditions,
+    compare(model, "resnet", "EpsilonGammaBox", image(112), conditions,
             ["layer3.2", "layer4.1.conv1"], exclude_parallel)
