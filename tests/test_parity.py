@@ -430,6 +430,7 @@ def test_float32_fast_path_is_as_accurate_as_the_reference(case: str, composite:
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::funcattr.ModelCheckWarning")  # the un-canonized case
 @pytest.mark.parametrize("composite", COMPOSITES, ids=str)
 @pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_small"])
 def test_float32_fast_path_is_as_accurate_on_mobilenets(name: str, composite: str) -> None:
