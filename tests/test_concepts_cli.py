@@ -121,9 +121,10 @@ def test_region_ranks_by_local_relevance(tmp_path):
     (["--region", "8,8,80,40"], "lies outside the 64x64 model input"),
     (["--region", "8,8,4,40"], "expected X0,Y0,X1,Y1 with 0 <= X0 < X1"),
     (["--width", "2,0"], "expected positive integers separated by commas"),
-    (["--dataset", "demo:0"], "expected demo:N with N >= 1"),
-    (["--dataset", "demo:many"], "expected demo:N with a number of images"),
-    (["--dataset", "no/such/folder"], "expected demo:N or a folder of images"),
+    (["--dataset", "demo:0"], "expected demo:N with a number of images N >= 1"),
+    (["--dataset", "demo:many"], "expected demo:N with a number of images N >= 1"),
+    (["--dataset", "no/such/folder"], "expected a folder of images (class sub-folders as "
+                                      "labels), got a path that does not exist"),
     (["--store", "somewhere"], "--store and --overwrite-store need --dataset"),
 ])
 def test_mistakes_on_the_command_line(tmp_path, args, message):

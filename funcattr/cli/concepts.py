@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from funcattr.cli.attributors import DEFAULT_LRP_COMPOSITE, build_composite
 from funcattr.cli.canonizers import resolve_canonizers
+from funcattr.cli.dataset import DatasetSpec, DatasetType, load_dataset
 from funcattr.cli.group import COMMANDS, main
 from funcattr.cli.heatmaps import normalize_relevance
 from funcattr.cli.models import DEMO_MODELS, LoadedModel
@@ -65,7 +66,6 @@ from funcattr.concepts import (
     concept_relevance,
     local_concept_relevance,
 )
-from funcattr.demo import IMAGE_SIZE as DEMO_IMAGE_SIZE
 from funcattr.functional import functionalize
 from funcattr.image import imgify
 from funcattr.types import Convolution
@@ -167,31 +167,6 @@ def _resolve_target(spec: str, loaded: LoadedModel) -> int | None:
     raise click.BadParameter(
         f"{text!r} is not pred, a class index or a class name of the model.{hint}",
         param_hint="--target")
-
-
-class DatasetType(click.ParamType):
-    """``--dataset``: ``demo:N`` (the demo's procedural images) or a folder of images."""
-
-    name = "demo:N|FOLDER"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        text = str(value).strip()
-        match = re.fullmatch(r"demo:(\d+)", text)
-        if match:
-            if int(match.group(1)) < 1:
-                self.fail(f"{text!r}: expected demo:N with N >= 1, e.g. demo:1000.", param, ctx)
-            return ("demo", int(match.group(1)))
-        if text.startswith("demo:") or text == "demo":
-            self.fail(f"{text!r}: expected demo:N with a number of images, e.g. demo:1000.",
-                      param, ctx)
-        path = Path(text)
-        if not path.is_dir():
-            what = "is a file" if path.exists() else "does not exist"
-            self.fail(f"{text!r}: expected demo:N or a folder of images (class sub-folders as "
-                      f"labels), got a path that {what}.", param, ctx)
-        return ("folder", path)
 
 
 @main.command(name="concepts", short_help=COMMANDS["concepts"][1])
@@ -306,25 +281,14 @@ def _store_folder(options: dict[str, Any]) -> Path | None:
     return store
 
 
-def _dataset(spec: tuple[str, Any], loaded: LoadedModel) -> tuple[Any, str, str]:
+def _dataset(spec: DatasetSpec, loaded: LoadedModel) -> tuple[Any, str, str]:
     """``(dataset, description, target)`` for ``--dataset``."""
-    from funcattr.datasets import DemoDataset, ImageFolder  # zarr: only with --dataset
-
-    kind, value = spec
-    if kind == "demo":
-        if loaded.input_size != DEMO_IMAGE_SIZE:
-            raise click.BadParameter(
-                f"demo:{value} holds {DEMO_IMAGE_SIZE}x{DEMO_IMAGE_SIZE} images, but --model "
-                f"{loaded.name} takes {loaded.input_size}x{loaded.input_size}; pass a FOLDER "
-                f"of images.", param_hint="--dataset")
-        return DemoDataset(value), f"demo:{value} (labels explained)", "label"
-    try:
-        dataset = ImageFolder(value, size=loaded.input_size)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="--dataset") from error
+    dataset = load_dataset(spec, loaded)
+    if spec.demo:
+        return dataset, f"{spec.text} (labels explained)", "label"
     if dataset.classes:
-        return dataset, f"{value} ({len(dataset)} images, labels explained)", "label"
-    return dataset, f"{value} ({len(dataset)} images, predictions explained)", "prediction"
+        return dataset, f"{spec.folder} ({len(dataset)} images, labels explained)", "label"
+    return dataset, f"{spec.folder} ({len(dataset)} images, predictions explained)", "prediction"
 
 
 def _maximize(loaded: LoadedModel, composite, canonizers, layer: str, options: dict[str, Any],
