@@ -602,13 +602,16 @@ def test_progress_bar_only_on_a_terminal(tmp_path, monkeypatch, quiet):
     main.main(args + ["--quiet"] * quiet, prog_name="funcattr", standalone_mode=False)
     terminal.flush()
     os.set_blocking(master, False)
+    chunks = []
     try:
-        shown = os.read(master, 65536).decode()
+        while chunk := os.read(master, 65536):  # a pty hands its buffer out in pieces
+            chunks.append(chunk)
     except BlockingIOError:
-        shown = ""
+        pass
     finally:
         terminal.close()
         os.close(master)
+    shown = b"".join(chunks).decode()
     if quiet:
         assert shown == "" and sys.stdout.getvalue() == ""
     else:
