@@ -85,12 +85,14 @@ def _setup(spec: dict):
     """Model, composite, canonizers, dataset of a case."""
     import torchvision
 
+    from funcattr import canonizers_for
     from funcattr.composites import EpsilonPlusFlat
     from funcattr.datasets import DemoDataset
     from funcattr.demo import load_demo_model
 
     if spec["model"] == "demo":
-        model, canonizers = load_demo_model(), None
+        model = load_demo_model()
+        canonizers = canonizers_for(model)  # its batch norms merged, as funcattr explain does
         dataset = DemoDataset(spec["items"])
     else:
         from funcattr.torchvision import ResNetCanonizer

@@ -177,6 +177,55 @@ def test_summary_files_and_class_means(model, tmp_path):
                                rtol=1e-5, atol=1e-8)
 
 
+def test_class_means_are_summed_while_running(model, tmp_path, monkeypatch):
+    """The job sums the class means as it explains (rank 0 merges the processes' sums); they
+    equal the means read back from the store, and a partial sum that does not hold exactly
+    done items, each once, is not trusted."""
+    import funcattr.datasets.explain as explain_module
+    from funcattr.datasets.summary import ClassSums, summarize_explanation
+
+    seen = []
+    original = explain_module.summarize_explanation
+
+    def spy(*arguments, partials=(), **options):
+        seen.append(partials)
+        return original(*arguments, partials=partials, **options)
+
+    monkeypatch.setattr(explain_module, "summarize_explanation", spy)
+    folder = tmp_path / "run"
+    running = explain(model, DemoDataset(12), folder, dtype="float32").class_means()
+    assert sorted(seen[0][0]["label"].held().tolist()) == list(range(12))
+    summarize_explanation(folder, "", None)  # no partials: every item read back
+    read_back = open_store(folder).class_means()
+    for k in running:
+        np.testing.assert_allclose(running[k], read_back[k], rtol=1e-6, atol=1e-12)
+
+    store = open_store(folder)
+    labels = torch.from_numpy(store.read_table(["label"])["label"])
+    abs_sum = torch.from_numpy(store.read_table(["relevance_abs_sum"])["relevance_abs_sum"])
+    relevance = torch.from_numpy(store.relevance[:])
+
+    def sums_of(rows, scale=1.0):
+        sums = ClassSums(0)
+        sums.add(labels[rows], relevance[rows] * scale, abs_sum[rows], np.asarray(rows))
+        return {"label": sums}
+
+    doubled = [sums_of(list(range(6)), 2.0), sums_of(list(range(6, 12)), 2.0)]
+    summarize_explanation(folder, "", None, partials=doubled)  # used: nothing read back
+    for k, mean in open_store(folder).class_means(normalized=False).items():
+        plain = relevance[labels == k].sum(dim=1).mean(dim=0).numpy()
+        np.testing.assert_allclose(mean, 2 * plain, rtol=1e-5, atol=1e-8)
+    outside = sums_of([0, 1], 2.0)
+    outside["label"].indices = [np.array([0, 12])]  # no item 12
+    for untrusted in ([sums_of([0, 1, 1], 2.0)], [outside]):  # ignored: all read back
+        summarize_explanation(folder, "", None, partials=untrusted)
+        for k, mean in open_store(folder).class_means().items():
+            np.testing.assert_allclose(mean, read_back[k], rtol=1e-6, atol=1e-12)
+    summarize_explanation(folder, "", None, partials=doubled + [sums_of([3], 5.0)])
+    for k, mean in open_store(folder).class_means().items():  # the item twice: not trusted
+        np.testing.assert_allclose(mean, 2 * read_back[k], rtol=1e-5, atol=1e-12)
+
+
 def test_model_is_not_changed_and_must_be_in_eval_mode(model, tmp_path):
     before = {k: (v.clone(), v.data_ptr()) for k, v in model.state_dict().items()}
     explain(model, DemoDataset(4), tmp_path / "run")

@@ -96,6 +96,14 @@ class Processes:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def gather(self, value: Any) -> list[Any] | None:
+        """Every process's ``value`` in rank order on rank 0 (None on the others)."""
+        if not self.distributed:
+            return [value]
+        values = [None] * self.world if self.rank == 0 else None
+        dist.gather_object(value, values, dst=0)
+        return values
+
     def barrier(self) -> None:
         """Wait until every process arrives here."""
         if not self.distributed:

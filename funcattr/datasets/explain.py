@@ -35,7 +35,7 @@ from funcattr.datasets.evaluation import (
 from funcattr.datasets.items import Batch, ItemReader
 from funcattr.datasets.reader import DatasetStore, open_store
 from funcattr.datasets.run import run_job
-from funcattr.datasets.summary import summarize_explanation
+from funcattr.datasets.summary import ClassSums, summarize_explanation
 from funcattr.functional import functionalize
 from funcattr.ruled import FunctionalModel
 
@@ -48,6 +48,9 @@ STORE_DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "float32": tor
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 _FLOAT16_MAX = float(torch.finfo(torch.float16).max)
 _METRIC_SALT = 0x6D657472  # separates the metrics' random streams from SmoothGrad's
+#: Bytes the running class sums of a process may hold (two float64 maps per class); beyond, the
+#: job stops summing and the summary reads the relevance back.
+CLASS_SUMS_LIMIT = 256 * 2**20
 
 
 def item_seed(seed: int, index: int) -> int:
@@ -206,6 +209,8 @@ class ExplainJob:
         self.label = f"{owner} {_name(attributor)}"
         self.fn, self.params = functionalize(model, composite, canonizers)
         self.device = torch.device("cpu")
+        self._class_sums: dict[str, ClassSums] | None = {
+            "label": ClassSums(0), "prediction": ClassSums(0)} if save_relevance else None
 
     def settings(self) -> dict[str, Any]:
         """Everything that determines the stored values (compared on resume)."""
@@ -278,8 +283,10 @@ class ExplainJob:
             "items/prediction": output.argmax(dim=1),
             "items/target": targets,
             "items/score": output.gather(1, targets[:, None])[:, 0].float(),
-            "items/relevance_sum": flat.sum(dim=1, dtype=torch.float64),
-            "items/relevance_abs_sum": magnitude.sum(dim=1, dtype=torch.float64),
+            # summed in the relevance's dtype (torch sums pairwise: relative error ~1e-7 in
+            # float32, 4x less CPU than converting every value to float64 first)
+            "items/relevance_sum": flat.sum(dim=1).to(torch.float64),
+            "items/relevance_abs_sum": magnitude.sum(dim=1).to(torch.float64),
             "items/has_mask": batch.has_mask[batch.ok],
         }
         if self.metrics:
@@ -299,10 +306,42 @@ class ExplainJob:
             values["error"] = np.array(errors, dtype=object)
         return values
 
-    def summarize(self, folder: Path, group: str, dataset: Any) -> dict[str, Any]:
+    def accumulate(self, batch: Batch, values: Mapping[str, np.ndarray],
+                   errors: Sequence[str]) -> None:
+        """Add a computed batch's successful items to the running class sums (by label where
+        an item has one, else by prediction), as the summary would read them back."""
+        if self._class_sums is None or "relevance" not in values:
+            return
+        stored = torch.from_numpy(values["relevance"])
+        if stored.ndim != 4:  # no images: no channel axis to sum; the summary reads back
+            self._class_sums = None
+            return
+        if stored.dtype == torch.float16:
+            stored = stored.to(torch.float32)
+        predictions = torch.from_numpy(values["items/prediction"])
+        classes = values["output"].shape[1]
+        labels = batch.labels[batch.ok]
+        good = torch.tensor([not error for error in errors], dtype=torch.bool)
+        indices = batch.indices[batch.ok]
+        abs_sum = torch.from_numpy(values["items/relevance_abs_sum"])
+        for grouping, rows, keys in (("label", good & (labels >= 0), labels),
+                                     ("prediction", good & (labels < 0), predictions)):
+            rows &= (keys >= 0) & (keys < classes)
+            if rows.any():
+                self._class_sums[grouping].add(keys[rows], stored[rows], abs_sum[rows],
+                                               indices[rows].numpy())
+        if sum(sums.nbytes for sums in self._class_sums.values()) > CLASS_SUMS_LIMIT:
+            self._class_sums = None
+
+    def partial(self) -> dict[str, ClassSums] | None:
+        """This process's class sums of the items it explained (see :class:`Job`)."""
+        return self._class_sums
+
+    def summarize(self, folder: Path, group: str, dataset: Any,
+                  partials: Sequence[Any] = ()) -> dict[str, Any]:
         classes = getattr(dataset, "classes", None)
         names = [str(c) for c in classes] if isinstance(classes, Sequence) else None
-        return summarize_explanation(folder, group, names)
+        return summarize_explanation(folder, group, names, partials=partials)
 
 
 def _check_options(model: Any, target: Any, times_output: Any, dtype: Any, seed: Any,

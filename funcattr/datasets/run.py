@@ -86,6 +86,13 @@ class Job(Protocol):
     ``"error"`` (strings, ``""`` for success) fails single items. The first call, on one item,
     fixes the columns' shapes and dtypes. ``owner`` names the public call in messages,
     ``label`` the job in the progress line.
+
+    A job may also summarise while it runs, so that its summary need not read every item back:
+    with ``accumulate(batch, values, errors)`` it sees each batch's final rows (numpy, one per
+    loaded item, ``errors[k] != ""`` for failed ones) before they are written, and with
+    ``partial()`` it returns what it gathered (picklable); rank 0 passes every process's
+    ``partial()`` to ``summarize(..., partials)``. Items done in earlier sessions are in no
+    partial.
     """
 
     owner: str
@@ -104,7 +111,11 @@ class Job(Protocol):
         """The job's rows for the loaded items of ``batch``."""
 
     def summarize(self, folder: Path, group: str, dataset: Any) -> dict[str, Any]:
-        """Dataset-level outputs from the finished store (rank 0); returns the summary."""
+        """Dataset-level outputs from the finished store (rank 0); returns the summary.
+
+        A job that defines ``partial()`` takes a fourth argument ``partials``: the list of
+        every process's ``partial()`` after its last batch (see the class docstring).
+        """
 
 
 def _version() -> str:
@@ -413,10 +424,12 @@ def run_job(job: Job, dataset: Any, path: str | Path, *, group: str = "", batch_
             )
         _process(job, dataset, folder, group, batch_size, num_workers, progress, processes,
                  plan)
+        partial = getattr(job, "partial", None)
+        extra = {"partials": processes.gather(partial())} if summary and partial else {}
         if summary and processes.rank == 0:
             try:
                 update_header(open_node(folder, group),
-                              summary=job.summarize(folder, group, dataset))
+                              summary=job.summarize(folder, group, dataset, **extra))
             except OSError as error:
                 if error.errno not in (errno.ENOSPC, errno.EDQUOT):
                     raise
@@ -453,9 +466,12 @@ def _process(job: Job, dataset: Any, folder: Path, group: str, batch_size: int,
                    folder, progress)
     batches = iter(loader)  # worker processes fork before the writer thread starts
     writer = ChunkWriter(folder, group, job.owner)
+    accumulate = getattr(job, "accumulate", None)
     try:
         for batch in batches:
             values, errors = _compute(job, batch)
+            if accumulate is not None and values:
+                accumulate(batch, values, errors)
             rows, status = _chunk_values(batch, columns, values, errors)
             start = int(batch.indices[0])
             stop = start + len(batch)

@@ -68,6 +68,10 @@ _ATTRIBUTE = "funcattr"
 #: (float16, one thread) it compresses as well as zarr's default zstd (level 3; ratio 4.18 vs
 #: 4.19), encodes 5x faster (0.6 vs 3.0 ms CPU) and decodes 1.8x faster.
 COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
+#: zarr compares each chunk with the fill value before writing it, to skip empty chunks: 1.7 ms
+#: of CPU for a float16 chunk of 32 demo maps (NaN-aware), 3x its compression. A run writes each
+#: chunk once and a chunk of failed items is rare, so the writer turns the check off.
+_WRITE_EVERY_CHUNK = {"write_empty_chunks": True}
 
 
 class StoreFullError(OSError):
@@ -301,8 +305,8 @@ class ChunkWriter:
                      values: Mapping[str, np.ndarray], status: np.ndarray | None) -> None:
         stop = start + len(next(iter(values.values())) if status is None else status)
         for name in [*values, "items/status"]:
-            if name not in arrays:
-                arrays[name] = await node.getitem(name)
+            if name not in arrays:  # every chunk is written: no check for a chunk of fill values
+                arrays[name] = (await node.getitem(name)).with_config(_WRITE_EVERY_CHUNK)
         try:
             await asyncio.gather(*(arrays[name].setitem(slice(start, stop), rows)
                                    for name, rows in values.items()))
