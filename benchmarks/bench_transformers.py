@@ -18,7 +18,10 @@ every method alike (fewer page faults for fresh buffers).
   cost of the functional call itself, the floor of any rule set), ``AttnLRP()`` and
   ``CPLRP()``;
 - all-MiniLM-L6-v2 (SDPA, 128 tokens), cosine similarity of the mean-pooled embedding to a
-  unit vector, norm held constant (needs the ``text`` extra);
+  unit vector, norm held constant (needs the ``text`` extra); besides funcattr, the *eager
+  floor*: AttnLRP written by hand on a copy of the model in the cheapest eager form
+  (:func:`hand_written_attn_lrp`: hooks and autograd Functions, nothing else), the lowest
+  ratio a Python-level rule mechanism reaches here;
 - GPT-2 small (random init, SDPA), 24-token prompt, 8 greedily generated tokens, every
   generated token's logit explained: K separate ``relevance`` calls, and ``multi_target=True``
   (one forward, the K backward passes batched) for AttnLRP and CP-LRP.
@@ -31,11 +34,13 @@ tables come from one machine at one time.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import os
 import subprocess
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -89,6 +94,65 @@ def vit_tasks() -> list[Task]:
             Task("funcattr CP-LRP", "", explain(CPLRP()))]
 
 
+class _IdentityFunction(torch.autograd.Function):
+    """``y = act(x)`` with the gradient ``grad * y / (x + 1e-10)`` (the identity rule)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, y: Tensor) -> Tensor:
+        ctx.save_for_backward(x, y)
+        return y.detach()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple:
+        x, y = ctx.saved_tensors
+        ratio = x + 1e-10
+        torch.div(y, ratio, out=ratio)
+        return ratio.mul_(grad), None
+
+
+class _NormFunction(torch.autograd.Function):
+    """LayerNorm with sigma held constant: torch's LayerNorm backward with x_hat = 0."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+        y, _, rstd = torch.native_layer_norm(x, weight.shape, weight, bias, eps)
+        ctx.save_for_backward(weight, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple:
+        weight, rstd = ctx.saved_tensors
+        zeros = torch.zeros_like(grad), torch.zeros_like(rstd)
+        return (torch.ops.aten.native_layer_norm_backward(
+            grad, zeros[0], weight.shape, zeros[1], rstd, weight, None,
+            (True, False, False))[0], None, None, None)
+
+
+def hand_written_attn_lrp(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of a ``transformers`` BERT model with AttnLRP written by hand in the cheapest
+    eager form (the *eager floor*): a forward hook with an autograd Function per activation,
+    LayerNorm's forward replaced by a Function whose backward is one fused kernel, and a
+    gradient hook on each q, k, v output (no module tree, no checks, nothing else)."""
+    import copy
+
+    copy_ = copy.deepcopy(model)
+    for name, module in copy_.named_modules():
+        if type(module).__name__ == "GELUActivation":
+            module.register_forward_hook(
+                lambda _, args, out: _IdentityFunction.apply(args[0], out))
+        elif isinstance(module, torch.nn.LayerNorm):
+            module.forward = functools.partial(
+                lambda m, x: _NormFunction.apply(x, m.weight, m.bias, m.eps), module)
+        elif name.endswith(("query", "key", "value")):
+            factor = 0.5 if name.endswith("value") else 0.25
+            module.register_forward_hook(functools.partial(_scale_output, factor))
+    return copy_
+
+
+def _scale_output(factor: float, module, args, output: Tensor) -> None:
+    output.register_hook(lambda grad: grad * factor)
+
+
 def minilm_tasks() -> list[Task]:
     from transformers import AutoTokenizer, BertModel
 
@@ -101,13 +165,17 @@ def minilm_tasks() -> list[Task]:
     model = lxt_side.frozen(BertModel.from_pretrained(
         models.minilm_path(), local_files_only=True, attn_implementation="sdpa"))
 
-    def plain() -> Tensor:
-        words = model.get_input_embeddings()(ids).detach().requires_grad_()
-        hidden = model(inputs_embeds=words, attention_mask=mask).last_hidden_state
-        sentence = models.mean_pool(hidden, mask)[0]
-        ((sentence @ unit) / sentence.norm().detach()).backward()
-        return words.grad
+    def plain_of(model: torch.nn.Module) -> Callable[[], Tensor]:
+        def plain() -> Tensor:
+            words = model.get_input_embeddings()(ids).detach().requires_grad_()
+            hidden = model(inputs_embeds=words, attention_mask=mask).last_hidden_state
+            sentence = models.mean_pool(hidden, mask)[0]
+            ((sentence @ unit) / sentence.norm().detach()).backward()
+            return words.grad
 
+        return plain
+
+    plain = plain_of(model)
     words = input_embeddings(model, ids)
 
     def explain(composite) -> callable:
@@ -115,8 +183,14 @@ def minilm_tasks() -> list[Task]:
         embed = embedding_function(fn, attention_mask=mask, pool="mean")
         return lambda: funcattr.relevance(embed, params, words, cosine_to(unit[None]))[1]
 
+    floor = plain_of(hand_written_attn_lrp(model))
+    ours = explain(AttnLRP())
+    difference = float((floor() * words - ours()).abs().max() / ours().abs().max())
+    if difference > 1e-4:  # the floor must compute AttnLRP, not something cheaper
+        raise AssertionError(f"the eager floor differs from funcattr's AttnLRP by {difference}")
     return [Task("plain gradient", "", plain), Task("funcattr no rules", "", explain(None)),
-            Task("funcattr AttnLRP", "", explain(AttnLRP())),
+            Task("eager floor AttnLRP", "", floor),
+            Task("funcattr AttnLRP", "", ours),
             Task("funcattr CP-LRP", "", explain(CPLRP()))]
 
 

@@ -155,6 +155,11 @@ def test_norm_rule_on_layer_norm(reference: bool) -> None:
     grad = input_gradient(nn.Sequential(norm), AttnLRP(), x.detach(), seed, reference)
     (expected,) = torch.autograd.grad(lxt_layer_norm(norm, x), x, seed)
     assert_close(grad, expected, rtol=1e-13)
+    plain = nn.LayerNorm(6, elementwise_affine=False)  # no weight: the kernel gets None
+    grad = input_gradient(nn.Sequential(plain), AttnLRP(), x.detach(), seed, reference)
+    centred = seed - seed.mean(-1, keepdim=True)
+    rstd = torch.rsqrt(x.detach().var(-1, unbiased=False, keepdim=True) + plain.eps)
+    assert_close(grad, centred * rstd, rtol=1e-13)
 
 
 @BOTH_PATHS
@@ -227,6 +232,26 @@ def test_scale_rules_and_packed_slices(reference: bool) -> None:
     with pytest.raises(ValueError, match="expected a last dimension that splits into 4 equal"):
         input_gradient(nn.Sequential(linear),
                        NameMapComposite([(("0",), ScaleOutput((1.0, 1.0, 1.0, 1.0)))]), x, seed)
+
+
+class _PlusInput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Identity()
+
+    def forward(self, x):
+        return self.inner(x) + x
+
+
+@BOTH_PATHS
+def test_scale_output_of_a_module_returning_its_input(reference: bool) -> None:
+    """A module that returns its input: only the gradient through its output is scaled (the
+    fast path hooks a fresh output itself, but never an input)."""
+    x = torch.randn(2, 4)
+    seed = torch.randn(2, 4)
+    composite = NameMapComposite([(("inner",), ScaleOutput(0.5))])
+    assert_close(input_gradient(_PlusInput(), composite, x, seed, reference), 1.5 * seed,
+                 rtol=1e-14)
 
 
 def test_as_gradient_runs_a_relevance_rule_in_the_gradient_x_input_form() -> None:

@@ -61,22 +61,24 @@ def fast_path_available() -> bool:
     return _fast is not None
 
 
-def scale_gradient(x: Tensor, factor: float | Tensor) -> Tensor:
+def scale_gradient(x: Tensor, factor: float | Tensor, *, fresh: bool = False) -> Tensor:
     """``x`` whose gradient, at the level the rules act on, is ``factor * grad``.
 
     For rules that write their own :meth:`Rule.apply` (AttnLRP's uniform rule: the gradients
     of q and k times 1/4, of v times 1/2). ``factor`` is a number or a tensor that broadcasts
     to ``x`` (one factor per slice of a packed projection). At other levels (an outer
     ``torch.func.grad`` of an explanation) the gradient is the true one. The fast path returns
-    ``x.detach()`` for 0 and a hooked view otherwise where nothing else differentiates ``x``;
-    the reference path always uses the Function :func:`funcattr.core.functions.scale_gradient`.
+    ``x.detach()`` for 0 and a hooked view otherwise where nothing else differentiates ``x``
+    (``fresh=True``, for a tensor the rule's module just made and nothing else holds, such as
+    its output: ``x`` itself hooked, without the view); the reference path always uses the
+    Function :func:`funcattr.core.functions.scale_gradient`.
 
     Examples
     --------
     >>> query = scale_gradient(query, 0.25)                          # doctest: +SKIP
     """
     if _fast is not None and not uses_reference():
-        return _fast.scale_gradient(x, factor)
+        return _fast.scale_gradient(x, factor, fresh=fresh)
     return functions.scale_gradient(x, factor)
 
 

@@ -175,6 +175,14 @@ def _layer_norm_backward(module: nn.Module, x: Tensor, y: Tensor | None, tensors
         rstd = tensors[-1]
     else:
         rstd = torch.rsqrt(x.var(dims, unbiased=False, keepdim=True) + module.eps)
+    if not (torch.is_grad_enabled() or any(map(is_transformed, (x, grad, rstd, weight)))):
+        # LayerNorm's own backward kernel, rstd * (g w - mean(g w) - x_hat mean(g w x_hat)),
+        # with every normalised value x_hat = 0 (input and mean 0) is this rule in one pass
+        # over g instead of four; nothing records here, so the fused kernel is safe
+        zero = torch.zeros_like(grad)
+        return torch.ops.aten.native_layer_norm_backward(
+            grad, zero, module.normalized_shape, torch.zeros_like(rstd), rstd, weight, None,
+            (True, False, False))[0]
     scaled = grad * weight if weight is not None else grad
     return (scaled - scaled.mean(dims, keepdim=True)) * rstd
 
@@ -308,7 +316,8 @@ class ScaleOutput(Rule):
 
     def apply(self, module: nn.Module, forward: Callable[..., Any], *args, **kwargs) -> Tensor:
         y = _module_output(self, module, forward, args, kwargs)
-        return scale_gradient(y, _factor_tensor(self, module, self.factor, y))
+        fresh = all(y is not value for value in (*args, *kwargs.values()))  # not an input
+        return scale_gradient(y, _factor_tensor(self, module, self.factor, y), fresh=fresh)
 
 
 @dataclass(frozen=True)

@@ -115,9 +115,9 @@ def elementwise_rule(x: Tensor, forward: Callable[[Tensor], Tensor],
     return eager.elementwise_rule(x, forward, backward_fn, *flags)
 
 
-def scale_gradient(x: Tensor, factor: float | Tensor) -> Tensor:
+def scale_gradient(x: Tensor, factor: float | Tensor, fresh: bool = False) -> Tensor:
     """``x`` with the gradient ``factor * grad``: see :func:`eager.scale_gradient`."""
-    return eager.scale_gradient(x, factor)
+    return eager.scale_gradient(x, factor, fresh)
 
 
 def _no_recompute(x: Tensor, tensors: Sequence[Tensor]) -> Tensor:  # pragma: no cover

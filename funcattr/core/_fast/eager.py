@@ -141,10 +141,11 @@ def elementwise_rule(x: Tensor, forward: Callable[[Tensor], Tensor],
                                        reads_output)
 
 
-def scale_gradient(x: Tensor, factor: float | Tensor) -> Tensor:
+def scale_gradient(x: Tensor, factor: float | Tensor, fresh: bool = False) -> Tensor:
     """:func:`funcattr.core.functions.scale_gradient` without a copy where the rule's level is
     the only differentiation of ``x``: ``x.detach()`` for a factor of 0 (the stopped branch is
-    never back-propagated), ``x`` for 1, else a view of ``x`` whose gradient hook scales.
+    never back-propagated), ``x`` for 1, else a view of ``x`` whose gradient hook scales (``x``
+    itself where it is ``fresh``: nothing else holds it, so no other use is scaled).
     Elsewhere (another level differentiates ``x``) the transform-safe Function."""
     if not only_rule_level(x):
         return functions.scale_gradient(x, factor)
@@ -156,6 +157,6 @@ def scale_gradient(x: Tensor, factor: float | Tensor) -> Tensor:
         return functions.scale_gradient(x, factor)
     if not (torch.is_grad_enabled() and x.requires_grad):
         return x
-    view = x.view_as(x)
+    view = x if fresh and not x.is_leaf else x.view_as(x)
     view.register_hook(lambda grad: scaled(grad, factor))
     return view
