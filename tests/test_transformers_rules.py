@@ -162,6 +162,28 @@ def test_norm_rule_on_layer_norm(reference: bool) -> None:
     assert_close(grad, centred * rstd, rtol=1e-13)
 
 
+def test_norm_rule_gradient_is_differentiable_on_both_paths() -> None:
+    """Under plain autograd with create_graph the LayerNorm rule's gradient is recorded (the
+    fused kernel only where nothing records): its derivative with respect to the weight is
+    the same on the fast path (one Function) as on the reference."""
+    norm = nn.LayerNorm(6)
+    with torch.no_grad():
+        norm.weight.normal_()
+    fn, params = funcattr.functionalize(nn.Sequential(norm), AttnLRP())
+    params = {name: value.detach().requires_grad_() for name, value in params.items()}
+    x = torch.randn(2, 3, 6, requires_grad=True)
+    seed = torch.randn(2, 3, 6)
+    results = []
+    for reference in (False, True):
+        with reference_path(reference):
+            (grad,) = torch.autograd.grad(fn(params, x), x, seed, create_graph=True)
+            (second,) = torch.autograd.grad(grad.square().sum(), params["0.weight"])
+        results.append((grad.detach(), second))
+    assert_close(results[0][0], results[1][0], rtol=1e-13)
+    assert_close(results[0][1], results[1][1], rtol=1e-13)
+    assert results[0][1].abs().sum() > 0
+
+
 @BOTH_PATHS
 def test_norm_rule_on_rms_norms(reference: bool) -> None:
     class GemmaLikeRMSNorm(nn.Module):  # (1 + weight), named as in transformers

@@ -31,6 +31,7 @@ from funcattr.core.levels import (
     concrete_value,
     is_differentiated,
     is_transformed,
+    no_transform_active,
     only_rule_level,
     rules_at_this_level,
 )
@@ -81,6 +82,7 @@ __all__ = [
     "is_transformed",
     "lrp_backward",
     "modified_gradient",
+    "no_transform_active",
     "only_rule_level",
     "reference_path",
     "replace_gradient",

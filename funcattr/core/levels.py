@@ -23,6 +23,7 @@ __all__ = [
     "is_batched",
     "is_differentiated",
     "is_transformed",
+    "no_transform_active",
     "only_rule_level",
     "record_level",
     "rules_at_this_level",
@@ -51,6 +52,13 @@ def is_transformed(value: Any) -> bool:
     return isinstance(value, Tensor) and (
         _functorch.is_functorch_wrapped_tensor(value) or _functorch.is_legacy_batchedtensor(value)
     )
+
+
+def no_transform_active() -> bool:
+    """Whether no ``torch.func`` transform is active and nothing is being compiled: plain
+    autograd is then the only differentiation, so a rule acts at the one level there is and
+    a plain ``torch.autograd.Function`` carries it exactly."""
+    return _functorch.maybe_current_level() is None and not torch.compiler.is_compiling()
 
 
 def is_batched(tensor: Tensor) -> bool:
