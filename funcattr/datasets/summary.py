@@ -52,9 +52,9 @@ class ClassSums:
     absolute sum, in float64, and the items they hold.
 
     The explanation job adds each batch's stored relevance as it computes it, so that rank 0
-    merges every process's sums instead of reading the relevance back (which cost as much as
-    14% of the demo CNN's attribution); the summary reads back only the items that no process
-    of the last session added (those done in earlier sessions).
+    merges every process's sums instead of reading the relevance back (0.11 ms per image, 5% of
+    the demo CNN's attribution); the summary reads back only the items that no process of the
+    last session added (those done in earlier sessions).
 
     Parameters
     ----------
