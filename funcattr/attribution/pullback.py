@@ -17,7 +17,14 @@ from torch import Tensor
 
 from funcattr.attribution.options import check_input, check_params, shown
 from funcattr.attribution.targets import AttrOutput, as_attr_output_fn, output_gradient
-from funcattr.core import is_differentiated, is_transformed, rules_at_this_level
+from funcattr.core import (
+    is_differentiated,
+    is_transformed,
+    no_transform_active,
+    reference_path,
+    rules_at_this_level,
+    uses_reference,
+)
 
 __all__ = [
     "Params",
@@ -163,6 +170,8 @@ def needs_transforms(input: Tensor, params: Params) -> bool:
     """Whether the pullback must run on ``torch.func.vjp`` (a transform is active, or someone
     differentiates the attribution) rather than on plain autograd."""
     values = [input, *params.values()]
+    if no_transform_active():  # nothing is wrapped: only plain autograd may differentiate
+        return torch.is_grad_enabled() and any(value.requires_grad for value in values)
     return is_differentiated(values) or any(is_transformed(value) for value in values)
 
 
@@ -212,7 +221,8 @@ def autograd_pullback(fn: Callable, params: Params, input: Tensor, owner: str):
     """:func:`pullback` on plain autograd; ``pull`` also takes ``stacked=True``: one batched
     backward for output gradients stacked in the first dimension."""
     leaf = input.detach().requires_grad_(True)
-    with torch.enable_grad(), rules_at_this_level():
+    # the path (fast or reference) read once for the call, not by each of its rules
+    with torch.enable_grad(), rules_at_this_level(), reference_path(uses_reference()):
         output = call_model(fn, params, leaf, owner)
 
     def pull(output_grad: Tensor, stacked: bool = False, last: bool = False) -> Tensor:
