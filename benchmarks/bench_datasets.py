@@ -117,6 +117,19 @@ def _options(spec: dict) -> dict:
     return {"n_iter": spec["n_iter"]} if spec["attributor"] == "smooth_grad" else {}
 
 
+def _bare_attribution(spec: dict, model, composite, canonizers):
+    """``x -> (output, relevance)``: the case's attributor called directly (the bare loop's
+    step; SmoothGrad's noise from one seeded generator)."""
+    import funcattr
+
+    fn, params = funcattr.functionalize(model, composite, canonizers)
+    function = getattr(funcattr, spec["attributor"])
+    options = _options(spec)
+    if spec["attributor"] == "smooth_grad":
+        options["generator"] = torch.Generator().manual_seed(0)
+    return lambda x: function(fn, params, x, funcattr.one_hot(None), **options)
+
+
 def _cpu() -> float:
     """CPU seconds of this process and its finished children (DataLoader workers)."""
     own = resource.getrusage(resource.RUSAGE_SELF)
@@ -126,7 +139,6 @@ def _cpu() -> float:
 
 def child(spec: dict) -> dict:
     """Run one case in this process; return its wall and CPU seconds."""
-    import funcattr
     from funcattr.datasets import explain_dataset
 
     model, composite, canonizers, dataset = _setup(spec)
@@ -136,14 +148,10 @@ def child(spec: dict) -> dict:
         return measure(spec, model, composite, canonizers, dataset)
     if spec["case"].startswith("bare"):
         images, _ = _preload(dataset)
-        fn, params = funcattr.functionalize(model, composite, canonizers)
-        function = getattr(funcattr, spec["attributor"])
-        options = _options(spec)
-        if spec["attributor"] == "smooth_grad":
-            options["generator"] = torch.Generator().manual_seed(0)
+        attribute = _bare_attribution(spec, model, composite, canonizers)
         start, cpu = time.perf_counter(), _cpu()
         for first in range(0, len(images), batch):
-            function(fn, params, images[first:first + batch], funcattr.one_hot(None), **options)
+            attribute(images[first:first + batch])
         return {"seconds": time.perf_counter() - start, "cpu": _cpu() - cpu}
     if spec["case"] == "memory":
         images, labels = _preload(dataset)
@@ -161,7 +169,6 @@ def _floor(spec: dict, model, composite, canonizers, dataset) -> dict:
     import numcodecs
     import numpy as np
 
-    import funcattr
     from funcattr.datasets.store import COMPRESSOR
     from funcattr.datasets.summary import ClassSums
 
@@ -169,17 +176,13 @@ def _floor(spec: dict, model, composite, canonizers, dataset) -> dict:
                             shuffle=numcodecs.Blosc.BITSHUFFLE)  # what the store's codec runs
     images, labels = _preload(dataset)
     rows = list(images)
-    fn, params = funcattr.functionalize(model, composite, canonizers)
-    function = getattr(funcattr, spec["attributor"])
-    options = _options(spec)
-    if spec["attributor"] == "smooth_grad":
-        options["generator"] = torch.Generator().manual_seed(0)
+    attribute = _bare_attribution(spec, model, composite, canonizers)
     batch = spec["batch_size"]
     sums = ClassSums(0)
     start, cpu = time.perf_counter(), _cpu()
     for first in range(0, len(images), batch):
         x = torch.stack(rows[first:first + batch])
-        _, relevance = function(fn, params, x, funcattr.one_hot(None), **options)
+        _, relevance = attribute(x)
         stored = relevance.to(torch.float16)
         codec.encode(stored.numpy())
         sums.add(labels[first:first + len(x)], stored.float(), relevance.abs().sum((1, 2, 3)),
@@ -190,23 +193,20 @@ def _floor(spec: dict, model, composite, canonizers, dataset) -> dict:
 def _fixed(spec: dict, model, composite, canonizers, dataset) -> dict:
     """What a run costs once: ``explain_dataset`` on the first batch, less that batch's bare
     attribution (timed in the same process after it)."""
-    import funcattr
     from funcattr.datasets import explain_dataset
 
     images, labels = _preload(dataset)
     batch = spec["batch_size"]
     one = torch.utils.data.TensorDataset(images[:batch], labels[:batch])
-    fn, params = funcattr.functionalize(model, composite, canonizers)
-    function = getattr(funcattr, spec["attributor"])
-    options = _options(spec)
-    function(fn, params, images[:batch], funcattr.one_hot(None), **options)  # warm
+    attribute = _bare_attribution(spec, model, composite, canonizers)
+    attribute(images[:batch])  # warm
     start, cpu = time.perf_counter(), _cpu()
     explain_dataset(model, one, Path(spec["folder"]) / "run", composite=composite,
                     canonizers=canonizers, attributor=spec["attributor"],
                     options=_options(spec), batch_size=batch, progress=False)
     run_seconds, run_cpu = time.perf_counter() - start, _cpu() - cpu
     start, cpu = time.perf_counter(), _cpu()
-    function(fn, params, images[:batch], funcattr.one_hot(None), **options)
+    attribute(images[:batch])
     return {"seconds": run_seconds - (time.perf_counter() - start),
             "cpu": run_cpu - (_cpu() - cpu)}
 
