@@ -15,6 +15,7 @@ share it. It knows nothing of composites: ``functionalize`` and Zennit's
 from __future__ import annotations
 
 import difflib
+import operator
 import threading
 import types as pytypes
 from collections.abc import Callable, Mapping
@@ -309,9 +310,12 @@ class FunctionalModel:
 
     def _is_resident(self, params: Mapping[str, Tensor]) -> bool:
         resident = self._resident
-        return resident is not None and len(params) == len(resident) and all(
-            params.get(name) is tensor for name, tensor in resident.items()
-        )
+        if resident is None or len(params) != len(resident):
+            return False
+        if all(map(operator.is_, params.values(), resident.values())) and all(
+                map(operator.eq, params, resident)):  # the same items in the same order
+            return True
+        return all(params.get(name) is tensor for name, tensor in resident.items())
 
     def __call__(self, params: Mapping[str, Tensor], input: Any, *args, **kwargs) -> Any:
         if not isinstance(params, Mapping):

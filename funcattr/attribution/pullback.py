@@ -8,6 +8,7 @@ plain autograd (no transform overhead, no graph of the backward); otherwise on
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,7 @@ __all__ = [
     "autograd_pullback",
     "call_model",
     "check_output",
+    "checked_pullback",
     "gradient",
     "needs_transforms",
     "pullback",
@@ -169,10 +171,14 @@ def call_model(fn: Callable, params: Params, input: Tensor, owner: str,
 def needs_transforms(input: Tensor, params: Params) -> bool:
     """Whether the pullback must run on ``torch.func.vjp`` (a transform is active, or someone
     differentiates the attribution) rather than on plain autograd."""
-    values = [input, *params.values()]
     if no_transform_active():  # nothing is wrapped: only plain autograd may differentiate
-        return torch.is_grad_enabled() and any(value.requires_grad for value in values)
+        return torch.is_grad_enabled() and (input.requires_grad or any(
+            map(_REQUIRES_GRAD, params.values())))
+    values = [input, *params.values()]
     return is_differentiated(values) or any(is_transformed(value) for value in values)
+
+
+_REQUIRES_GRAD = operator.attrgetter("requires_grad")
 
 
 def pullback(fn: Callable, params: Params, input: Tensor, *,
@@ -199,6 +205,12 @@ def pullback(fn: Callable, params: Params, input: Tensor, *,
     """
     check_input(input, owner)
     check_params(params, owner)
+    return checked_pullback(fn, params, input, owner)
+
+
+def checked_pullback(fn: Callable, params: Params, input: Tensor, owner: str
+                     ) -> tuple[Tensor, Callable[..., Tensor]]:
+    """:func:`pullback` for an ``input`` and ``params`` the caller has checked already."""
     input = usable_input(input, owner)
     if needs_transforms(input, params):
         return vjp_pullback(fn, params, input, owner)

@@ -21,8 +21,8 @@ from typing import Any
 from torch import Tensor
 
 from funcattr.attribution.batched import stacked_pullback
-from funcattr.attribution.options import check_chunk_size, check_input, shown
-from funcattr.attribution.pullback import Params, pullback
+from funcattr.attribution.options import check_chunk_size, check_input, check_params, shown
+from funcattr.attribution.pullback import Params, checked_pullback
 from funcattr.attribution.targets import AttrOutput, as_attr_output_fn
 
 __all__ = ["FORMS", "form_of", "relevance"]
@@ -153,7 +153,8 @@ def relevance(fn: Callable, params: Params, input: Tensor, attr_output_fn: AttrO
     if multi_target:
         output, pull = stacked_pullback(model, params, input, chunk_size, owner)
     else:
-        output, pull_one = pullback(model, params, input, owner=owner)
+        check_params(params, owner)
+        output, pull_one = checked_pullback(model, params, input, owner)
 
         def pull(seed: Tensor) -> Tensor:
             return pull_one(seed, last=True)

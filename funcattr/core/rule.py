@@ -311,10 +311,11 @@ class ElementwiseRule(Rule):
         when ``reads_output``."""
 
     def apply(self, module: nn.Module, forward: Callable[..., Any], *args, **kwargs) -> Tensor:
-        x = _first_tensor(self, module, forward, args, kwargs)
+        x = args[0] if args else None
+        if not isinstance(x, Tensor):
+            _first_tensor(self, module, forward, args, kwargs)  # raises
         checked = partial(_checked_forward, self, module, forward, args, kwargs)
         in_place = getattr(module, "inplace", None) is True
-        flags = (self.reads_input, in_place, self.reads_output)
-        if _fast is not None and not uses_reference():
-            return _fast.elementwise_rule(x, checked, self.backward, *flags)
-        return elementwise_rule(x, checked, self.backward, *flags)
+        rule = _fast.elementwise_rule if _fast is not None and not uses_reference() else (
+            elementwise_rule)
+        return rule(x, checked, self.backward, self.reads_input, in_place, self.reads_output)

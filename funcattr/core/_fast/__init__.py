@@ -31,6 +31,7 @@ from torch._C import _functorch
 from funcattr.core import functions
 from funcattr.core._fast import eager
 from funcattr.core._fast.backward import linear_backward
+from funcattr.core._fast.eager import scale_gradient
 from funcattr.core._fast.linear import LinearOp, linear_op
 from funcattr.core._fast.program import Plan
 from funcattr.core.call import ModuleCall
@@ -109,15 +110,10 @@ def elementwise_rule(x: Tensor, forward: Callable[[Tensor], Tensor],
                      reads_input: bool, in_place: bool, reads_output: bool = False) -> Tensor:
     """An element-wise rule: the eager Function for plain tensors, else the transform-safe
     one."""
-    flags = (reads_input, in_place, reads_output)
     if torch.compiler.is_compiling() or is_transformed(x):
-        return functions.elementwise_rule(x, forward, backward_fn, *flags)
-    return eager.elementwise_rule(x, forward, backward_fn, *flags)
-
-
-def scale_gradient(x: Tensor, factor: float | Tensor, fresh: bool = False) -> Tensor:
-    """``x`` with the gradient ``factor * grad``: see :func:`eager.scale_gradient`."""
-    return eager.scale_gradient(x, factor, fresh)
+        return functions.elementwise_rule(x, forward, backward_fn, reads_input, in_place,
+                                          reads_output)
+    return eager.elementwise_rule(x, forward, backward_fn, reads_input, in_place, reads_output)
 
 
 def _no_recompute(x: Tensor, tensors: Sequence[Tensor]) -> Tensor:  # pragma: no cover

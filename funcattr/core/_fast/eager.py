@@ -20,13 +20,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor
+from torch._C import _functorch
 
 from funcattr.core import functions
-from funcattr.core.functions import elementwise_backward, fresh, out_of_place, scaled
+from funcattr.core.functions import elementwise_backward, out_of_place
 from funcattr.core.levels import is_transformed, only_rule_level, record_level
 
 __all__ = ["CallSite", "elementwise_rule", "modified_gradient", "scale_gradient"]
@@ -97,8 +99,8 @@ class _EagerElementwiseRule(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, forward, backward_fn, reads_input, in_place, reads_output):
-        ctx.forward, ctx.backward_fn = out_of_place(forward, in_place), backward_fn
-        ctx.reads_input, ctx.reads_output = reads_input, reads_output
+        ctx.forward = out_of_place(forward, in_place) if in_place else forward
+        ctx.backward_fn, ctx.reads_input, ctx.reads_output = backward_fn, reads_input, reads_output
         record_level(ctx)
         if (in_place and not reads_input and not reads_output and ctx.rule_applies
                 and _may_overwrite(x)):
@@ -110,7 +112,8 @@ class _EagerElementwiseRule(torch.autograd.Function):
         else:
             y = ctx.forward(x)
         ctx.save_for_backward(x)
-        y = fresh(y, x)
+        if y is x or y._base is x or x._base is y:  # funcattr.core.functions.fresh, inline
+            y = y.clone()
         if reads_output:  # an alias; the backward computes it anew if it changed in place
             ctx.kept_output = y.detach()
             ctx.output_version = y._version
@@ -146,17 +149,25 @@ def scale_gradient(x: Tensor, factor: float | Tensor, fresh: bool = False) -> Te
     the only differentiation of ``x``: ``x.detach()`` for a factor of 0 (the stopped branch is
     never back-propagated), ``x`` for 1, else a view of ``x`` whose gradient hook scales (``x``
     itself where it is ``fresh``: nothing else holds it, so no other use is scaled).
-    Elsewhere (another level differentiates ``x``) the transform-safe Function."""
-    if not only_rule_level(x):
+    Elsewhere (another level differentiates ``x``) the transform-safe Function.
+
+    Plain autograd (no transform active, nothing compiling) is checked first: it is the only
+    level there is, so none of the per-level checks are needed (AttnLRP calls this three
+    times per attention layer).
+    """
+    plain = _functorch.maybe_current_level() is None and not torch.compiler.is_compiling()
+    if not plain and not only_rule_level(x):
         return functions.scale_gradient(x, factor)
-    if not isinstance(factor, Tensor) and factor == 0.0:
+    number = not isinstance(factor, Tensor)
+    if number and factor == 0.0:
         return x.detach()
-    if not isinstance(factor, Tensor) and factor == 1.0:
+    if number and factor == 1.0:
         return x
-    if is_transformed(x):  # a hook cannot see the level: the Function
+    if not plain and is_transformed(x):  # a hook cannot see the level: the Function
         return functions.scale_gradient(x, factor)
-    if not (torch.is_grad_enabled() and x.requires_grad):
+    if not (x.requires_grad and torch.is_grad_enabled()):
         return x
     view = x if fresh and not x.is_leaf else x.view_as(x)
-    view.register_hook(lambda grad: scaled(grad, factor))
+    # torch.mul itself as the hook: no Python frame per backward
+    view.register_hook(partial(torch.mul, other=factor if number else factor.to(x.dtype)))
     return view
