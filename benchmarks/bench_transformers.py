@@ -132,10 +132,16 @@ def hand_written_attn_lrp(model: torch.nn.Module) -> torch.nn.Module:
     """A copy of a ``transformers`` BERT model with AttnLRP written by hand in the cheapest
     eager form (the *eager floor*): a forward hook with an autograd Function per activation,
     LayerNorm's forward replaced by a Function whose backward is one fused kernel, and a
-    gradient hook on each q, k, v output (no module tree, no checks, nothing else)."""
+    gradient hook on each q, k, v output (no module tree, no checks, nothing else).
+
+    The copy shares the model's parameters and buffers: a deep copy's fresh, 64-byte aligned
+    weights run the matrix products 2% faster than the weights ``from_pretrained`` maps from
+    the safetensors file (measured on MiniLM: a deep copy's plain gradient 0.979x of the
+    original's), which would flatter the floor against methods that use the model itself."""
     import copy
 
-    copy_ = copy.deepcopy(model)
+    shared = {id(tensor): tensor for tensor in [*model.parameters(), *model.buffers()]}
+    copy_ = copy.deepcopy(model, shared)
     for name, module in copy_.named_modules():
         if type(module).__name__ == "GELUActivation":
             module.register_forward_hook(
@@ -178,18 +184,22 @@ def minilm_tasks() -> list[Task]:
     plain = plain_of(model)
     words = input_embeddings(model, ids)
 
-    def explain(composite) -> callable:
+    def explain(composite, model: torch.nn.Module = model) -> callable:
         fn, params = funcattr.functionalize(model, composite)
         embed = embedding_function(fn, attention_mask=mask, pool="mean")
         return lambda: funcattr.relevance(embed, params, words, cosine_to(unit[None]))[1]
 
-    floor = plain_of(hand_written_attn_lrp(model))
+    hand_written = hand_written_attn_lrp(model)
+    floor = plain_of(hand_written)
     ours = explain(AttnLRP())
     difference = float((floor() * words - ours()).abs().max() / ours().abs().max())
     if difference > 1e-4:  # the floor must compute AttnLRP, not something cheaper
         raise AssertionError(f"the eager floor differs from funcattr's AttnLRP by {difference}")
     return [Task("plain gradient", "", plain), Task("funcattr no rules", "", explain(None)),
             Task("eager floor AttnLRP", "", floor),
+            # the floor run through funcattr's call (functionalize with no composite,
+            # relevance): the cheapest AttnLRP funcattr's interface allows
+            Task("eager floor in funcattr's call", "", explain(None, hand_written)),
             Task("funcattr AttnLRP", "", ours),
             Task("funcattr CP-LRP", "", explain(CPLRP()))]
 
