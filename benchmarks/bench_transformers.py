@@ -20,8 +20,10 @@ every method alike (fewer page faults for fresh buffers).
 - all-MiniLM-L6-v2 (SDPA, 128 tokens), cosine similarity of the mean-pooled embedding to a
   unit vector, norm held constant (needs the ``text`` extra); besides funcattr, the *eager
   floor*: AttnLRP written by hand on a copy of the model in the cheapest eager form
-  (:func:`hand_written_attn_lrp`: hooks and autograd Functions, nothing else), the lowest
-  ratio a Python-level rule mechanism reaches here;
+  (:func:`hand_written_attn_lrp`: hooks and autograd Functions, nothing else, on the model's
+  own weights), the lowest ratio a Python-level rule mechanism reaches here, and the same
+  floor run through funcattr's call (``functionalize`` with no composite, ``relevance``): the
+  ceiling of funcattr's interface;
 - GPT-2 small (random init, SDPA), 24-token prompt, 8 greedily generated tokens, every
   generated token's logit explained: K separate ``relevance`` calls, and ``multi_target=True``
   (one forward, the K backward passes batched) for AttnLRP and CP-LRP.
